@@ -1,0 +1,60 @@
+r"""Entry point: python -m big_transfer_med.main --config=configs/X.py --workdir=DIR
+
+Overrides: --config.batch_size=64, config arguments: --config=configs/X.py:arg.
+Multi-host: --coordinator_address=HOST:PORT --num_processes=N --process_id=I,
+or --coordinator_address=auto to let jax.distributed detect Cloud TPU / SLURM.
+"""
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
+config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
+                                lock_config=True)
+flags.DEFINE_string("coordinator_address", None,
+                    "jax.distributed coordinator HOST:PORT, or 'auto'.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+flags.DEFINE_integer("process_id", None, "Index of this process.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed():
+  import jax  # pylint: disable=g-import-not-at-top
+  if not FLAGS.coordinator_address:
+    return
+  # CPU collectives across processes need gloo (no-op on TPU/GPU backends).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if FLAGS.coordinator_address == "auto":
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # TF only feeds data: keep it off the accelerators JAX uses.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  _initialize_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import train  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import errors  # pylint: disable=g-import-not-at-top
+  logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except errors.UserError as e:
+    logging.error("%s", e)
+    print(f"ERROR: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,118 @@
+"""SGD + momentum with Adaptive Gradient Clipping, weight decay and BiT schedules."""
+from typing import Any, Optional, Sequence
+
+import ml_collections
+import optax
+from flax import traverse_util
+
+from big_transfer_med import errors
+
+HEAD = "head"
+
+
+def steps_from(config: ml_collections.ConfigDict, name: str,
+               steps_per_epoch: float, default: Optional[Any] = None):
+  """Reads a duration given as `<name>_steps` or `<name>_epochs` (not both).
+
+  Works for scalars and for sequences (decay boundaries); epochs are converted
+  with `steps_per_epoch` and rounded to whole steps.
+  """
+  steps = config.get(f"{name}_steps")
+  epochs = config.get(f"{name}_epochs")
+  if steps is not None and epochs is not None:
+    raise errors.ConfigError(f"Set only one of config.{name}_steps and "
+                     f"config.{name}_epochs (both are set).")
+  if steps is not None:
+    return steps
+  if epochs is None:
+    return default
+  if isinstance(epochs, (list, tuple)):
+    return tuple(int(round(e * steps_per_epoch)) for e in epochs)
+  return int(round(epochs * steps_per_epoch))
+
+
+def scaled_learning_rate(base_lr: float, batch_size: int,
+                         reference_batch: int = 256) -> float:
+  """Linear scaling rule: `base_lr` is the rate for `reference_batch` images."""
+  return base_lr * batch_size / reference_batch
+
+
+def create_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0,
+                    decay_type: str = "step",
+                    decay_boundaries: Sequence[int] = (),
+                    decay_factor: float = 0.1) -> optax.Schedule:
+  """Linear warmup from 0, then step decay (x`decay_factor` at boundaries) or cosine."""
+  warmup = optax.linear_schedule(0.0, peak_lr, max(warmup_steps, 1))
+  if decay_type == "step":
+    bad = [b for b in decay_boundaries if not warmup_steps <= b <= total_steps]
+    if bad:
+      raise errors.ConfigError(f"Decay boundaries {bad} lie outside "
+                       f"[warmup {warmup_steps}, total {total_steps}] steps.")
+    decay = optax.piecewise_constant_schedule(
+        peak_lr, {int(b) - warmup_steps: decay_factor for b in decay_boundaries})
+  elif decay_type == "cosine":
+    decay = optax.cosine_decay_schedule(peak_lr,
+                                        max(total_steps - warmup_steps, 1))
+  elif decay_type == "constant":
+    decay = optax.constant_schedule(peak_lr)
+  else:
+    raise errors.ConfigError(f"config.schedule.decay_type={decay_type!r}: expected "
+                     "'step', 'cosine' or 'constant'.")
+  if warmup_steps <= 0:
+    return decay
+  return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def _mask(params, predicate):
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({k: predicate(k) for k in flat})
+
+
+def not_head_mask(params):
+  """True for every parameter outside the classifier head."""
+  return _mask(params, lambda path: path[0] != HEAD)
+
+
+def kernel_mask(params):
+  """True for convolution and dense kernels (weight decay targets)."""
+  return _mask(params, lambda path: path[-1] == "kernel")
+
+
+def create_optimizer(schedule: optax.Schedule, momentum: float = 0.9,
+                     nesterov: bool = True, weight_decay: float = 0.0,
+                     agc_clipping: Optional[float] = 0.01,
+                     agc_eps: float = 1e-3) -> optax.GradientTransformation:
+  """SGD(momentum) with AGC on every layer but the head and L2 weight decay.
+
+  Order: AGC on the raw gradient (NFNets), then decay added to the gradient
+  (as in the PyTorch SGD used by the seed code, on kernels only), then momentum.
+  """
+  parts = []
+  if agc_clipping:
+    parts.append(optax.masked(optax.adaptive_grad_clip(agc_clipping, agc_eps),
+                              not_head_mask))
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(weight_decay, mask=kernel_mask))
+  parts.append(optax.sgd(schedule, momentum=momentum or None,
+                         nesterov=nesterov and bool(momentum)))
+  return optax.chain(*parts)
+
+
+def from_config(config: ml_collections.ConfigDict, steps_per_epoch: float):
+  """Builds (optimizer, schedule, total_steps) from `config`."""
+  total_steps = steps_from(config, "total", steps_per_epoch)
+  if not total_steps:
+    raise errors.ConfigError("Set config.total_steps or config.total_epochs.")
+  s = config.schedule
+  peak_lr = scaled_learning_rate(config.optim.base_lr, config.batch_size,
+                                 config.optim.reference_batch_size)
+  schedule = create_schedule(
+      peak_lr, total_steps,
+      warmup_steps=steps_from(s, "warmup", steps_per_epoch, 0),
+      decay_type=s.decay_type,
+      decay_boundaries=steps_from(s, "decay", steps_per_epoch, ()),
+      decay_factor=s.decay_factor)
+  o = config.optim
+  optimizer = create_optimizer(schedule, o.momentum, o.nesterov,
+                               o.weight_decay, o.agc_clipping, o.agc_eps)
+  return optimizer, schedule, int(total_steps)

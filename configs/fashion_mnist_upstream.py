@@ -1,0 +1,34 @@
+r"""Upstream pre-training on real Fashion-MNIST classes 0-4 (the embedded default).
+
+A small stand-in for the chest X-ray pre-training: same trainer, optimiser
+(SGD + AGC) and schedule shape, on data available offline.
+
+  python -m big_transfer_med.main --config=configs/fashion_mnist_upstream.py \
+      --workdir=workdirs/fmnist_upstream
+Arguments (comma-separated key=value): model=R26x1, res=32, epochs=2.
+"""
+from big_transfer_med import config_lib
+
+
+def get_config(arg: str = ""):
+  args = dict(kv.split("=", 1) for kv in arg.split(",") if kv)
+  c = config_lib.base_config()
+  c.model.name = args.get("model", "R26x1")
+  c.data.name = "fashion_mnist_local"
+  c.data.classes = (0, 1, 2, 3, 4)  # Source task; 5-9 are the transfer target.
+  c.data.resolution = int(args.get("res", 32))
+  c.data.channels = 1
+  c.data.augment = "crop_flip"
+  c.data.crop_padding = 2
+
+  c.batch_size = 128
+  c.total_epochs = float(args.get("epochs", 2))
+  c.schedule.decay_type = "cosine"
+  c.schedule.warmup_epochs = 0.2
+  c.optim.base_lr = 0.1
+  c.optim.weight_decay = 1e-4
+
+  c.log_every_steps = 50
+  c.eval_every_steps = 250
+  c.checkpoint.every_steps = 200
+  return c

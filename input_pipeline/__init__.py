@@ -1,0 +1,1 @@
+"""Input pipelines: TFDS builders (input_pipeline.datasets) and tf.data pipelines."""

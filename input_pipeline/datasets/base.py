@@ -1,0 +1,61 @@
+"""Shared pieces of our manual-download TFDS builders."""
+import os
+from typing import Iterable, Optional
+
+import tensorflow_datasets as tfds
+
+from big_transfer_med import errors
+
+
+class ManualDownloadError(errors.DataError):
+  """The manual_dir is missing or lacks files the builder needs."""
+
+
+class ArrayRecordBuilderMixin:
+  """Writes ArrayRecord files by default: the trainer reads examples by index.
+
+  Random access makes the data order a pure function of (seed, step), which
+  is what exact resume and multi-host sharding rely on. `tfds build
+  --file_format=...` still overrides it.
+  """
+
+  def __init__(self, *, file_format=None, **kwargs):
+    super().__init__(file_format=file_format or "array_record", **kwargs)
+
+
+def find_manual_dir(dl_manager: tfds.download.DownloadManager,
+                    required: Iterable[str], instructions: str,
+                    fallback: Optional[str] = None) -> str:
+  """Returns the first of (manual_dir, fallback) holding every `required` file.
+
+  Each entry of `required` is a relative path; '|'-separated alternatives
+  (e.g. 'x.gz|x') are accepted. Fails with a message listing what is
+  missing where, and what to do.
+  """
+  candidates = []
+  try:
+    candidates.append(os.fspath(dl_manager.manual_dir))
+  except AssertionError:  # TFDS raises this when manual_dir does not exist.
+    pass
+  if fallback and fallback not in candidates:
+    candidates.append(fallback)
+  report = []
+  for directory in candidates:
+    missing = [r for r in required
+               if not any(os.path.exists(os.path.join(directory, alt))
+                          for alt in r.split("|"))]
+    if not missing:
+      return directory
+    report.append(f"{directory}: missing {', '.join(missing)}")
+  looked = "; ".join(report) or "no manual_dir given and no default found"
+  raise ManualDownloadError(
+      f"Cannot find the downloaded files ({looked}).\n{instructions}")
+
+
+def first_existing(directory: str, alternatives: str) -> str:
+  """Path of the first existing '|'-separated alternative under `directory`."""
+  for alt in alternatives.split("|"):
+    path = os.path.join(directory, alt)
+    if os.path.exists(path):
+      return path
+  raise ManualDownloadError(f"None of {alternatives} exists in {directory}.")

@@ -1,0 +1,27 @@
+"""Shared fixtures. Every test process sees 2 CPU devices (set before JAX loads)."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from tests import fmnist_fixtures  # noqa: E402
+
+REAL_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def tiny_fmnist_manual_dir(tmp_path_factory):
+  """Generated idx files in the exact Fashion-MNIST layout (learnable classes)."""
+  directory = tmp_path_factory.mktemp("fmnist_manual")
+  fmnist_fixtures.write_idx_dataset(str(directory), num_train=96, num_test=40)
+  return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_fmnist_data_dir(tiny_fmnist_manual_dir, tmp_path_factory):
+  """A TFDS data_dir with fashion_mnist_local built from the generated files."""
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  fmnist_fixtures.build(tiny_fmnist_manual_dir, data_dir)
+  return data_dir

@@ -1,0 +1,136 @@
+"""BiT ResNet-v2: parameter counts, API, and numerics against float64 NumPy."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from big_transfer_med import errors
+from big_transfer_med import models
+from tests import numpy_bit
+
+
+def _count(name, num_classes, channels=3):
+  model = models.get_model(name, num_classes)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 64, 64, channels)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+def _expected_count(depths, width, num_classes, channels=3):
+  """Parameter count from the architecture's definition."""
+  w = 64 * width
+  total = 7 * 7 * channels * w
+  cin = w
+  for stage, depth in enumerate(depths):
+    cout, mid = 4 * w * 2**stage, w * 2**stage
+    for unit in range(depth):
+      total += 2 * cin + 2 * mid + 2 * mid  # Three GroupNorms (scale, bias).
+      total += cin * mid + 9 * mid * mid + mid * cout
+      if unit == 0:
+        total += cin * cout  # Projection.
+      cin = cout
+  total += 2 * cin + cin * num_classes + num_classes
+  return total
+
+
+def test_r50x1_imagenet_parameter_count():
+  assert _count("R50x1", 1000) == 25_549_352
+
+
+@pytest.mark.parametrize("name", ["R26x1", "R50x3", "R101x1", "R152x4"])
+def test_parameter_counts_match_architecture(name):
+  depth, width = models.parse_name(name)
+  assert _count(name, 10) == _expected_count(models.DEPTHS[depth], width, 10)
+
+
+@pytest.mark.parametrize("bad", ["R18x1", "R50x5", "resnet50", "R50"])
+def test_unknown_model_name_is_a_clear_error(bad):
+  with pytest.raises(errors.ConfigError, match="R<depth>x<width>"):
+    models.get_model(bad, 10)
+
+
+def test_logits_features_and_zero_head():
+  model = models.get_model("R26x1", 7)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (3, 32, 32, 3), minval=-1)
+  params = model.init(jax.random.PRNGKey(0), images)["params"]
+  logits = model.apply({"params": params}, images)
+  features = model.apply({"params": params}, images, pre_logits=True)
+  assert logits.shape == (3, 7) and features.shape == (3, 2048)
+  np.testing.assert_array_equal(logits, 0.0)  # Zero-initialised head.
+  assert float(jnp.std(features)) > 0
+  headless = models.get_model("R26x1", None)
+  np.testing.assert_array_equal(
+      headless.apply({"params": {k: v for k, v in params.items()
+                                 if k != "head"}}, images), features)
+
+
+def _random_params(model, shape, seed):
+  params = model.init(jax.random.PRNGKey(seed), jnp.zeros(shape))["params"]
+  # Randomise every tensor (head and GroupNorm affine included) so that
+  # nothing is trivially zero or one.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  leaves = [jax.random.normal(k, x.shape) * (0.5 if x.ndim == 1 else 1.0) +
+            (1.0 if x.ndim == 1 else 0.0) for k, x in zip(keys, leaves)]
+  return jax.tree.unflatten(tree, leaves)
+
+
+def _relative_error(a, b):
+  return float(np.linalg.norm(np.asarray(a, np.float64) - b) /
+               np.linalg.norm(b))
+
+
+def test_full_network_matches_float64_numpy_reference():
+  model = models.get_model("R26x1", 5)
+  images = np.random.default_rng(0).uniform(-1, 1, (2, 40, 40, 3))
+  params = _random_params(model, images.shape, seed=3)
+  logits = model.apply({"params": params}, jnp.asarray(images, jnp.float32))
+  features = model.apply({"params": params}, jnp.asarray(images, jnp.float32),
+                         pre_logits=True)
+  ref_params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+  ref_logits, ref_features = numpy_bit.forward(ref_params, images,
+                                               models.DEPTHS[26])
+  assert _relative_error(features, ref_features) < 1e-4
+  assert _relative_error(logits, ref_logits) < 1e-4
+
+
+def test_group_norm_is_two_pass_eps_1e5():
+  # A large mean makes one-pass (E[x^2] - E[x]^2) variance inaccurate in float32.
+  x = np.random.default_rng(0).normal(300.0, 0.05, (2, 4, 4, 64))
+  x = x.astype(np.float32).astype(np.float64)  # Same input on both sides.
+  gamma = np.random.default_rng(1).normal(size=64)
+  beta = np.random.default_rng(2).normal(size=64)
+  gn = models.GroupNorm()
+  out = gn.apply({"params": {"scale": gamma, "bias": beta}},
+                 jnp.asarray(x, jnp.float32))
+  ref = numpy_bit.group_norm(x, gamma, beta)
+  assert _relative_error(out, ref) < 1e-3
+  flax_default = nn.GroupNorm(num_groups=32).apply(
+      {"params": {"scale": gamma, "bias": beta}}, jnp.asarray(x, jnp.float32))
+  assert _relative_error(flax_default, ref) > 10 * _relative_error(out, ref)
+
+
+def test_std_conv_stride2_symmetric_padding_matches_reference():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 9, 10, 8))
+  kernel = rng.normal(size=(3, 3, 8, 16)) * 3 + 1
+  conv = models.StdConv(16, (3, 3), strides=2, padding=((1, 1), (1, 1)),
+                        use_bias=False)
+  out = conv.apply({"params": {"kernel": jnp.asarray(kernel, jnp.float32)}},
+                   jnp.asarray(x, jnp.float32))
+  ref = numpy_bit.std_conv(x, kernel, stride=2, pad=1)
+  assert out.shape == ref.shape
+  assert _relative_error(out, ref) < 1e-5
+  same = models.StdConv(16, (3, 3), strides=2, padding="SAME", use_bias=False)
+  out_same = same.apply({"params": {"kernel": jnp.asarray(kernel, jnp.float32)}},
+                        jnp.asarray(x, jnp.float32))
+  assert _relative_error(out_same, ref) > 0.1  # 'SAME' pads asymmetrically.
+
+
+def test_root_max_pool_pads_with_zeros():
+  x = -np.abs(np.random.default_rng(0).normal(size=(1, 6, 6, 2))) - 1.0
+  out = models.zero_pad_max_pool(jnp.asarray(x, jnp.float32))
+  ref = numpy_bit.max_pool_zero_pad(x)
+  np.testing.assert_allclose(out, ref, rtol=1e-6)
+  assert float(out[0, 0, 0, 0]) == 0.0  # The pad wins over negative inputs.

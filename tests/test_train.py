@@ -1,0 +1,74 @@
+"""The trainer on 2 CPU devices: learning, outputs in the workdir, exact resume."""
+import glob
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from big_transfer_med import train
+from tests import fmnist_fixtures
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _final_params(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  restored = manager.restore(manager.latest_step())
+  return manager.latest_step(), restored["params"]
+
+
+def test_training_on_two_devices_reduces_loss(tiny_fmnist_data_dir, tmp_path):
+  assert jax.local_device_count() == 2
+  workdir = str(tmp_path / "run")
+  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=20,
+                                       batch_size=16)
+  summary = train.train_and_evaluate(config, workdir)
+  rows = _read_metrics(workdir)
+  losses = [r["train_loss"] for r in rows if "train_loss" in r]
+  assert len(losses) == 20
+  np.testing.assert_allclose(losses[0], math.log(5), rtol=1e-4)  # Zero head.
+  assert np.mean(losses[-5:]) < 0.8 * losses[0]
+  assert summary["metrics"]["examples"] == 20  # Every test example once.
+  assert summary["metrics"]["loss"] < math.log(5)
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["metrics"] == summary["metrics"]
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["batch_size"] == 16
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+  assert all({"steps_per_sec", "images_per_sec", "learning_rate"} <= r.keys()
+             for r in rows if "train_loss" in r)
+  # Checkpoints every 2 steps, the last 3 kept.
+  steps = sorted(int(os.path.basename(p))
+                 for p in glob.glob(os.path.join(workdir, "checkpoints", "*"))
+                 if os.path.basename(p).isdigit())
+  assert steps == [16, 18, 20]
+
+
+def test_resume_continues_the_same_run(tiny_fmnist_data_dir, tmp_path):
+  whole = str(tmp_path / "whole")
+  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=6)
+  train.train_and_evaluate(config, whole)
+
+  # The same run, stopped after step 4 and started again on its workdir
+  # (constant learning rate: the first 4 steps are those of the 6-step run).
+  parts = str(tmp_path / "parts")
+  train.train_and_evaluate(
+      fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=4), parts)
+  assert _final_params(parts)[0] == 4
+  train.train_and_evaluate(config, parts)
+
+  train_whole, train_parts = ([r for r in _read_metrics(w) if "train_loss" in r]
+                               for w in (whole, parts))
+  assert [r["step"] for r in train_parts] == [1, 2, 3, 4, 5, 6]
+  for a, b in zip(train_whole, train_parts):
+    assert a["train_loss"] == b["train_loss"]  # Same data, same updates.
+  step_a, params_a = _final_params(whole)
+  step_b, params_b = _final_params(parts)
+  assert step_a == step_b == 6
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
