@@ -47,7 +47,8 @@ LOSSES = {"softmax_xent": softmax_xent, "sigmoid_xent": sigmoid_xent}
 
 def get_loss(name: str) -> LossFn:
   if name not in LOSSES:
-    raise errors.ConfigError(f"config.loss={name!r}: expected one of {sorted(LOSSES)}.")
+    raise errors.ConfigError(
+        f"config.loss={name!r}: expected one of {sorted(LOSSES)}.")
   return LOSSES[name]
 
 

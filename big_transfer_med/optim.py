@@ -15,16 +15,19 @@ def steps_from(config: ml_collections.ConfigDict, name: str,
   """Reads a duration given as `<name>_steps` or `<name>_epochs` (not both).
 
   Works for scalars and for sequences (decay boundaries); epochs are converted
-  with `steps_per_epoch` and rounded to whole steps.
+  with `steps_per_epoch` and rounded to whole steps. As in big_vision, None, 0
+  and () count as unset, so that a command line can switch a config file's
+  epochs to steps: --config.total_steps=100 --config.total_epochs=0.
   """
   steps = config.get(f"{name}_steps")
   epochs = config.get(f"{name}_epochs")
-  if steps is not None and epochs is not None:
-    raise errors.ConfigError(f"Set only one of config.{name}_steps and "
-                     f"config.{name}_epochs (both are set).")
-  if steps is not None:
+  if steps and epochs:
+    raise errors.ConfigError(
+        f"Set only one of config.{name}_steps ({steps}) and "
+        f"config.{name}_epochs ({epochs}); set the other to 0.")
+  if steps:
     return steps
-  if epochs is None:
+  if not epochs:
     return default
   if isinstance(epochs, (list, tuple)):
     return tuple(int(round(e * steps_per_epoch)) for e in epochs)
@@ -46,8 +49,9 @@ def create_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0,
   if decay_type == "step":
     bad = [b for b in decay_boundaries if not warmup_steps <= b <= total_steps]
     if bad:
-      raise errors.ConfigError(f"Decay boundaries {bad} lie outside "
-                       f"[warmup {warmup_steps}, total {total_steps}] steps.")
+      raise errors.ConfigError(
+          f"Decay boundaries {bad} lie outside [warmup {warmup_steps}, "
+          f"total {total_steps}] steps.")
     decay = optax.piecewise_constant_schedule(
         peak_lr, {int(b) - warmup_steps: decay_factor for b in decay_boundaries})
   elif decay_type == "cosine":
@@ -56,8 +60,9 @@ def create_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0,
   elif decay_type == "constant":
     decay = optax.constant_schedule(peak_lr)
   else:
-    raise errors.ConfigError(f"config.schedule.decay_type={decay_type!r}: expected "
-                     "'step', 'cosine' or 'constant'.")
+    raise errors.ConfigError(
+        f"config.schedule.decay_type={decay_type!r}: expected 'step', "
+        "'cosine' or 'constant'.")
   if warmup_steps <= 0:
     return decay
   return optax.join_schedules([warmup, decay], [warmup_steps])

@@ -71,8 +71,8 @@ def train_step(state: TrainState, batch, *, model, loss_fn, optimizer,
   metrics = {
       "train_loss": loss,
       "learning_rate": schedule(state.step),
-      "grad_norm": optax.global_norm(grads),
-      "param_norm": optax.global_norm(params),
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(params),
   }
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state)
@@ -156,11 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns the final evaluation metrics, also written to results.json.
   """
-  os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
-  if is_chief:
-    _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
-
   num_devices = jax.local_device_count()
   data = pipeline.Pipeline(config, host_id=jax.process_index(),
                            num_hosts=jax.process_count(),
@@ -178,6 +174,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                len(data.train), steps_per_epoch, total_steps,
                jax.device_count(), jax.process_count())
 
+  # Only now that config and data are known to be good, touch the workdir.
+  os.makedirs(workdir, exist_ok=True)
+  if is_chief:
+    _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
   state = create_train_state(config, model, optimizer, image_shape)
   store = CheckpointStore(workdir, config)
   if store.latest_step() is not None:

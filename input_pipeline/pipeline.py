@@ -58,12 +58,14 @@ class Source:
   classes: Sequence[int] = ()
 
   def __post_init__(self):
-    if self.split not in self.builder.info.splits:
+    try:
+      self._data = self.builder.as_data_source(
+          self.split, decoders={"image": tfds.decode.SkipDecoding()})
+    except (KeyError, ValueError) as e:
       raise errors.ConfigError(
-          f"Split {self.split!r} not in dataset {self.builder.name} (has "
-          f"{list(self.builder.info.splits)}); check config.data.*_split.")
-    self._data = self.builder.as_data_source(
-        self.split, decoders={"image": tfds.decode.SkipDecoding()})
+          f"Split {self.split!r} does not fit dataset {self.builder.name} "
+          f"(splits {list(self.builder.info.splits)}; slices like "
+          f"'train[:10%]' work); check config.data.*_split. ({e})") from e
     label_feature = self.builder.info.features["label"]
     self.class_names = list(label_feature.names)
     self.indices = np.arange(len(self._data))
@@ -71,8 +73,9 @@ class Source:
     if self.classes:
       bad = [c for c in self.classes if not 0 <= c < label_feature.num_classes]
       if bad:
-        raise errors.ConfigError(f"config.data.classes has {bad}, outside 0.."
-                         f"{label_feature.num_classes - 1} of {self.builder.name}.")
+        raise errors.ConfigError(
+            f"config.data.classes has {bad}, outside 0.."
+            f"{label_feature.num_classes - 1} of {self.builder.name}.")
       labels = np.array([r["label"] for r in self._read_all()])
       self.indices = np.flatnonzero(np.isin(labels, self.classes))
       self._label_map = {c: i for i, c in enumerate(self.classes)}
@@ -107,10 +110,10 @@ def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 def train_positions(num_examples: int, seed: int, global_batch: int,
                     start_step: int, host_id: int, num_hosts: int
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Yields, per step from `start_step`, (global positions, example indices) of this host."""
+  """Yields per step, from `start_step`, this host's (positions, example indices)."""
   if global_batch % num_hosts:
-    raise errors.ConfigError(f"config.batch_size={global_batch} is not divisible by "
-                     f"the {num_hosts} hosts.")
+    raise errors.ConfigError(f"config.batch_size={global_batch} is not "
+                             f"divisible by the {num_hosts} hosts.")
   per_host = global_batch // num_hosts
   permutations = {}  # The (at most two) epochs the current batch spans.
   step = start_step
@@ -118,8 +121,8 @@ def train_positions(num_examples: int, seed: int, global_batch: int,
     first = step * global_batch + host_id * per_host
     positions = np.arange(first, first + per_host, dtype=np.int64)
     epochs, offsets = np.divmod(positions, num_examples)
-    permutations = {e: permutations.get(e) if e in permutations else
-                    _epoch_permutation(seed, int(e), num_examples)
+    permutations = {e: permutations[e] if e in permutations else
+                    _epoch_permutation(seed, e, num_examples)
                     for e in np.unique(epochs).tolist()}
     indices = np.array([permutations[e][o]
                         for e, o in zip(epochs.tolist(), offsets.tolist())])

@@ -46,8 +46,8 @@ def preprocess(image: tf.Tensor, config: ml_collections.ConfigDict,
   `rng` is a [2] int64 seed; the same seed gives the same augmentation.
   """
   if config.augment not in AUGMENTATIONS:
-    raise errors.ConfigError(f"config.data.augment={config.augment!r}: expected one "
-                     f"of {AUGMENTATIONS}.")
+    raise errors.ConfigError(f"config.data.augment={config.augment!r}: "
+                             f"expected one of {AUGMENTATIONS}.")
   image = resize(to_unit_range(image), config.resolution)
   if train and config.augment != "none":
     padding = config.crop_padding if config.augment == "crop_flip" else 0
@@ -56,7 +56,7 @@ def preprocess(image: tf.Tensor, config: ml_collections.ConfigDict,
   channels = image.shape[-1]
   if config.channels != channels:
     if channels != 1:
-      raise errors.ConfigError(f"config.data.channels={config.channels} but the "
-                       f"images have {channels} channels.")
+      raise errors.ConfigError(f"config.data.channels={config.channels} but "
+                               f"the images have {channels} channels.")
     image = tf.tile(image, [1, 1, config.channels])
   return image

@@ -83,8 +83,12 @@ def test_steps_and_epochs_together_is_an_error():
   c = config_lib.base_config()
   c.total_steps = 10
   c.total_epochs = 1.0
-  with pytest.raises(errors.ConfigError, match="total_steps and config.total_epochs"):
+  with pytest.raises(errors.ConfigError,
+                     match=r"total_steps \(10\) and config.total_epochs "
+                           r"\(1.0\); set the other to 0"):
     optim.from_config(c, steps_per_epoch=10)
+  c.total_epochs = 0.0  # Unset, as from a command line.
+  assert optim.from_config(c, steps_per_epoch=10)[2] == 10
 
 
 def test_decay_boundary_outside_run_is_an_error():
