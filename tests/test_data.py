@@ -12,22 +12,18 @@ from input_pipeline import pipeline
 from input_pipeline.datasets import fashion_mnist_local
 from tests import conftest
 from tests import fmnist_fixtures
+from tests import tfds_testing
 
 TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
 
 
-class FashionMnistLocalTest(tfds.testing.DatasetBuilderTestCase):
-  """TFDS's own builder test on idx files in the real layout (testdata/)."""
+class FashionMnistLocalTest(tfds_testing.TfrecordFiles,
+                            tfds.testing.DatasetBuilderTestCase):
+  """TFDS's own builder test on idx files in the real layout (testdata/);
+  the ArrayRecord files the trainer reads are checked below."""
   DATASET_CLASS = fashion_mnist_local.FashionMnistLocal
   SPLITS = {"train": 10, "test": 5}
   EXAMPLE_DIR = os.path.join(TESTDATA, "fashion_mnist_local")
-  SKIP_TF1_GRAPH_MODE = True
-
-  def _make_builder(self, config=None):
-    # TFDS's checks read through as_dataset, which needs TFRecord files; the
-    # array_record files the trainer reads are checked below.
-    return self.dataset_class(data_dir=self.tmp_dir, config=config,
-                              version=self.VERSION, file_format="tfrecord")
 
 
 def test_examples_match_the_idx_files(tiny_fmnist_manual_dir,

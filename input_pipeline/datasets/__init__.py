@@ -3,4 +3,7 @@
 Build one with:
   tfds build --imports=input_pipeline.datasets NAME --manual_dir=DIR
 """
-from input_pipeline.datasets import fashion_mnist_local  # noqa: F401  (registers)
+# pylint: disable=unused-import
+from input_pipeline.datasets import cxr_chexpert  # noqa: F401
+from input_pipeline.datasets import cxr_nih14  # noqa: F401
+from input_pipeline.datasets import fashion_mnist_local  # noqa: F401

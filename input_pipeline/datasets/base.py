@@ -3,6 +3,7 @@ import os
 from typing import Iterable, Optional
 
 import tensorflow_datasets as tfds
+from etils import epath
 
 from big_transfer_med import errors
 
@@ -32,22 +33,21 @@ def find_manual_dir(dl_manager: tfds.download.DownloadManager,
   (e.g. 'x.gz|x') are accepted. Fails with a message listing what is
   missing where, and what to do.
   """
-  candidates = []
+  candidates, report = [], []
   try:
     candidates.append(os.fspath(dl_manager.manual_dir))
-  except AssertionError:  # TFDS raises this when manual_dir does not exist.
-    pass
+  except AssertionError as e:  # TFDS: manual_dir not given, absent or empty.
+    report.append(str(e).strip().splitlines()[0])
   if fallback and fallback not in candidates:
     candidates.append(fallback)
-  report = []
   for directory in candidates:
     missing = [r for r in required
-               if not any(os.path.exists(os.path.join(directory, alt))
+               if not any(epath.Path(directory, alt).exists()
                           for alt in r.split("|"))]
     if not missing:
       return directory
     report.append(f"{directory}: missing {', '.join(missing)}")
-  looked = "; ".join(report) or "no manual_dir given and no default found"
+  looked = "; ".join(report)
   raise ManualDownloadError(
       f"Cannot find the downloaded files ({looked}).\n{instructions}")
 
@@ -55,7 +55,7 @@ def find_manual_dir(dl_manager: tfds.download.DownloadManager,
 def first_existing(directory: str, alternatives: str) -> str:
   """Path of the first existing '|'-separated alternative under `directory`."""
   for alt in alternatives.split("|"):
-    path = os.path.join(directory, alt)
-    if os.path.exists(path):
-      return path
+    path = epath.Path(directory, alt)
+    if path.exists():
+      return os.fspath(path)
   raise ManualDownloadError(f"None of {alternatives} exists in {directory}.")

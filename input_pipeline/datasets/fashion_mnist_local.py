@@ -5,10 +5,10 @@ package installs the four idx files in /usr/share/datasets/fashion-mnist,
 which is used when no --manual_dir is given.
 """
 import gzip
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from big_transfer_med import errors
 
@@ -30,10 +30,10 @@ def _alternatives(stem):
 
 def read_idx(path: str, magic: int) -> np.ndarray:
   """Reads an idx file (optionally gzipped); checks magic number and size."""
-  opener = gzip.open if path.endswith(".gz") else open
   try:
-    with opener(path, "rb") as f:
-      data = f.read()
+    with epath.Path(path).open("rb") as f:
+      data = gzip.GzipFile(fileobj=f).read() if path.endswith(".gz") else (
+          f.read())
   except (OSError, EOFError) as e:
     raise errors.DataError(f"{path}: cannot read ({e}); download it again.") from e
   if len(data) < 8 or int.from_bytes(data[:4], "big") != magic:

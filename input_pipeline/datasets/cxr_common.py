@@ -1,0 +1,208 @@
+"""Pieces shared by the chest X-ray builders: features, image loading, CSV fields."""
+import dataclasses
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
+from PIL import Image
+
+from big_transfer_med import errors
+from input_pipeline.datasets import base
+
+VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
+_VIEW_SYNONYMS = {
+    "PA": "PA", "POSTEROANTERIOR": "PA",
+    "AP": "AP", "ANTEROPOSTERIOR": "AP",
+    "AP_HORIZONTAL": "AP_SUPINE", "AP SUPINE": "AP_SUPINE",
+    "AP_SUPINE": "AP_SUPINE", "SUPINE": "AP_SUPINE",
+    "L": "LATERAL", "LL": "LATERAL", "LATERAL": "LATERAL", "RL": "LATERAL",
+}
+FRONTAL_VIEWS = ("PA", "AP", "AP_SUPINE")
+DEFAULT_MAX_SHORT_SIDE = 512
+# Pillow refuses images above ~179 MP as "decompression bombs"; radiographs
+# are far below that, so the check only gets in the way of 16-bit files.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def normalize_view(value: Optional[str]) -> str:
+  """Maps a dataset's projection / view string onto VIEWS."""
+  if value is None:
+    return "OTHER"
+  return _VIEW_SYNONYMS.get(str(value).strip().upper(), "OTHER")
+
+
+def parse_float(value: Optional[str]) -> float:
+  """'1.0' -> 1.0; blank, 'None', 'nan' -> NaN."""
+  if value is None:
+    return math.nan
+  value = str(value).strip()
+  if value in ("", "None", "nan", "NaN"):
+    return math.nan
+  return float(value)
+
+
+def parse_age(value: Optional[str]) -> float:
+  """Ages as released: '68', '68.0', '058Y' (NIH variants); else NaN."""
+  if value is None:
+    return math.nan
+  value = str(value).strip().upper().rstrip("Y")
+  try:
+    return float(value)
+  except ValueError:
+    return math.nan
+
+
+@dataclasses.dataclass
+class CxrConfig(tfds.core.BuilderConfig):
+  """max_short_side: downscale so that the shorter side is at most this
+  (aspect kept, bit depth kept); None stores the released bytes."""
+  max_short_side: Optional[int] = DEFAULT_MAX_SHORT_SIDE
+
+
+BUILDER_CONFIGS = [
+    CxrConfig(name="default", max_short_side=DEFAULT_MAX_SHORT_SIDE,
+              description="Images downscaled to a shorter side of at most "
+                          "512 px (area interpolation), bit depth kept."),
+    CxrConfig(name="original", max_short_side=None,
+              description="Image files stored exactly as released."),
+]
+
+
+def features(label_names: Sequence[str], dtype=np.uint8,
+             original: bool = False) -> tfds.features.FeaturesDict:
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 1), dtype=dtype,
+                                   encoding_format=None if original else "png"),
+      "labels": tfds.features.Tensor(shape=(len(label_names),),
+                                     dtype=np.float32),
+      "patient_id": tfds.features.Text(),
+      "study_id": tfds.features.Text(),
+      "view": tfds.features.ClassLabel(names=VIEWS),
+      "sex": tfds.features.Text(),
+      "age": np.float32,
+      "source_path": tfds.features.Text(),
+  })
+
+
+class ImageError(Exception):
+  """An image listed in the metadata is missing, truncated or undecodable."""
+
+
+def load_image(path: str, max_short_side: Optional[int], dtype=np.uint8):
+  """Returns the image for the builder: a [H, W, 1] array, or the path itself
+  when stored as released. Raises ImageError for a bad file."""
+  if not epath.Path(path).exists():
+    raise ImageError(f"{path}: missing")
+  try:
+    with epath.Path(path).open("rb") as f, Image.open(f) as image:
+      image.load()
+      array = np.asarray(image)
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ImageError(f"{path}: cannot decode ({e})") from e
+  if array.ndim == 3:  # RGB(A) saved by some tools: keep the luminance.
+    array = np.asarray(Image.fromarray(array[..., :3]).convert("L"))
+  if array.ndim != 2:
+    raise ImageError(f"{path}: unexpected image shape {array.shape}")
+  if max_short_side is None:
+    return path
+  if dtype == np.uint16 and array.dtype != np.uint16:
+    raise ImageError(f"{path}: expected a 16-bit image, got {array.dtype}")
+  array = array.astype(dtype)
+  height, width = array.shape
+  scale = max_short_side / min(height, width)
+  if scale < 1:
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    resized = tf.image.resize(array[..., None].astype(np.float32), size,
+                              method="area").numpy()
+    info = np.iinfo(dtype)
+    return np.clip(np.round(resized), info.min, info.max).astype(dtype)
+  return array[..., None]
+
+
+class SkipCounter:
+  """Counts images skipped during a build and logs the first few by name."""
+
+  def __init__(self, dataset: str, split: str, fatal: bool, show: int = 5):
+    self.dataset, self.split, self.fatal, self.show = dataset, split, fatal, show
+    self.skipped = []
+
+  def skip(self, error: ImageError):
+    if self.fatal:
+      raise errors.DataError(
+          f"{self.dataset}[{self.split}]: {error}. Fix or remove the file, or "
+          "build without CXR_STRICT_IMAGES=1 to skip such images.") from error
+    self.skipped.append(str(error))
+    if len(self.skipped) <= self.show:
+      logging.warning("%s[%s]: skipping image %s", self.dataset, self.split,
+                      error)
+
+  def report(self):
+    if self.skipped:
+      logging.warning("%s[%s]: skipped %d unreadable images (first: %s).",
+                      self.dataset, self.split, len(self.skipped),
+                      "; ".join(self.skipped[:self.show]))
+
+
+def strict_images() -> bool:
+  """CXR_STRICT_IMAGES=1 makes a bad image fatal instead of skipped."""
+  return os.environ.get("CXR_STRICT_IMAGES", "0") not in ("", "0", "false")
+
+
+def patient_split(patient_ids: Sequence[str], fractions: dict, seed: int = 0
+                  ) -> dict:
+  """Assigns each patient to one split by a seeded shuffle of the sorted ids.
+
+  `fractions` maps split name -> fraction; the first split takes what the
+  others leave, and every other split gets at least one patient. Returns
+  {patient_id: split}; deterministic and independent of row order.
+  """
+  patients = sorted(set(patient_ids))
+  names = list(fractions)
+  counts = {n: max(1, round(fractions[n] * len(patients))) for n in names[1:]}
+  counts[names[0]] = len(patients) - sum(counts.values())
+  if counts[names[0]] < 1:
+    raise errors.DataError(f"Only {len(patients)} patients: too few to split "
+                           f"into {names}.")
+  order = np.random.default_rng(seed).permutation(len(patients))
+  result, start = {}, 0
+  for name in names:
+    for i in order[start:start + counts[name]]:
+      result[patients[i]] = name
+    start += counts[name]
+  return result
+
+
+class CxrBuilder(base.ArrayRecordBuilderMixin, tfds.core.GeneratorBasedBuilder):
+  """Base of the chest X-ray builders (configs 'default' and 'original')."""
+
+  BUILDER_CONFIGS = BUILDER_CONFIGS
+  LABEL_NAMES: Sequence[str] = ()
+  IMAGE_DTYPE = np.uint8
+  HOMEPAGE = ""
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        description=self.__class__.__doc__,
+        features=features(self.LABEL_NAMES, self.IMAGE_DTYPE,
+                          original=self.builder_config.max_short_side is None),
+        homepage=self.HOMEPAGE,
+        metadata=tfds.core.MetadataDict(label_names=list(self.LABEL_NAMES)),
+    )
+
+  def _examples_from_rows(self, split: str, rows):
+    """Loads each row's image; rows: iterable of (key, example, image path)."""
+    counter = SkipCounter(self.name, split, fatal=strict_images())
+    for key, example, path in rows:
+      try:
+        example["image"] = load_image(path, self.builder_config.max_short_side,
+                                      self.IMAGE_DTYPE)
+      except ImageError as e:
+        counter.skip(e)
+        continue
+      yield key, example
+    counter.report()

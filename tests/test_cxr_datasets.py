@@ -1,0 +1,124 @@
+"""Chest X-ray TFDS builders on tiny folders in the publishers' exact layouts."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from big_transfer_med import errors
+from input_pipeline import labels as labels_lib
+from input_pipeline.datasets import cxr_chexpert
+from input_pipeline.datasets import cxr_nih14
+from tests import tfds_testing
+
+TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
+
+
+class CxrChexpertTest(tfds_testing.TfrecordFiles,
+                      tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = cxr_chexpert.CxrChexpert
+  EXAMPLE_DIR = os.path.join(TESTDATA, "cxr_chexpert")
+  SPLITS = {"train": 5, "validation": 2}  # 6 rows, one image missing.
+
+
+class CxrNih14Test(tfds_testing.TfrecordFiles,
+                   tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = cxr_nih14.CxrNih14
+  EXAMPLE_DIR = os.path.join(TESTDATA, "cxr_nih14")
+  SPLITS = {"train": 5, "validation": 1, "test": 2}
+
+
+def _build(name, manual_dir, data_dir):
+  builder = tfds.builder(name, data_dir=str(data_dir))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  return builder
+
+
+@pytest.mark.parametrize("name", ["cxr_chexpert", "cxr_nih14"])
+def test_splits_are_patient_disjoint(name, tmp_path):
+  builder = _build(name, os.path.join(TESTDATA, name), tmp_path)
+  patients = {split: {ex["patient_id"] for ex in builder.as_data_source(split)}
+              for split in builder.info.splits}
+  splits = list(patients)
+  for i, a in enumerate(splits):
+    for b in splits[i + 1:]:
+      assert not patients[a] & patients[b], (a, b)
+  assert builder.info.metadata["label_names"] == list(builder.LABEL_NAMES)
+
+
+def test_default_config_downscales_original_keeps_bytes(tmp_path):
+  manual = os.path.join(TESTDATA, "cxr_chexpert")
+  big = "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"
+  shapes = {}
+  for config in ("default", "original"):
+    builder = _build(f"cxr_chexpert/{config}", manual, tmp_path / config)
+    decoded = {ex["source_path"].decode(): ex
+               for ex in builder.as_data_source("train")}
+    shapes[config] = decoded[big]["image"].shape
+    raw = builder.as_data_source(
+        "train", decoders={"image": tfds.decode.SkipDecoding()})
+    stored = {ex["source_path"].decode(): ex["image"] for ex in raw}[big]
+    if config == "original":
+      with open(os.path.join(manual, big), "rb") as f:
+        assert stored == f.read()
+  assert shapes == {"default": (541, 512, 1), "original": (560, 530, 1)}
+  first = decoded[big]
+  assert first["view"] == 1 and first["sex"].decode() == "Female"  # AP.
+  np.testing.assert_array_equal(
+      np.isnan(first["labels"]),
+      [False] + [True] * 8 + [False] + [True] * 3 + [False])
+
+
+def _copy(name, tmp_path):
+  target = tmp_path / "manual"
+  shutil.copytree(os.path.join(TESTDATA, name), target)
+  return target
+
+
+def test_corrupt_image_is_skipped_or_fatal_when_strict(tmp_path, monkeypatch):
+  manual = _copy("cxr_nih14", tmp_path)
+  victim = manual / "images_002" / "images" / "00000005_000.png"
+  victim.write_bytes(victim.read_bytes()[:60])  # Truncated PNG.
+  builder = _build("cxr_nih14", manual, tmp_path / "lenient")
+  assert sum(s.num_examples for s in builder.info.splits.values()) == 7
+  monkeypatch.setenv("CXR_STRICT_IMAGES", "1")
+  with pytest.raises(errors.DataError, match="00000005_000.png: cannot decode"):
+    _build("cxr_nih14", manual, tmp_path / "strict")
+  assert not os.path.exists(tmp_path / "strict" / "cxr_nih14" / "default" / "1.0.0")
+
+
+def test_missing_column_names_the_file(tmp_path):
+  manual = _copy("cxr_chexpert", tmp_path)
+  csv_path = manual / "CheXpert-v1.0-small" / "valid.csv"
+  lines = csv_path.read_text().splitlines()
+  csv_path.write_text("\n".join([lines[0].replace(",Edema,", ",Oedema,")] +
+                                lines[1:]) + "\n")
+  with pytest.raises(errors.DataError,
+                     match=r"valid.csv: missing columns \['Edema'\]"):
+    _build("cxr_chexpert", manual, tmp_path / "tfds")
+
+
+def test_wrong_manual_dir_says_what_to_put_where(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(errors.DataError) as e:
+    _build("cxr_nih14", tmp_path / "empty", tmp_path / "tfds")
+  message = str(e.value)
+  assert f"{tmp_path / 'empty'} does not exist or is empty" in message
+  assert "Data_Entry_2017_v2020.csv" in message
+  assert "images_001/images/00000001_000.png" in message
+  (tmp_path / "empty" / "test_list.txt").write_text("x.png\n")
+  with pytest.raises(errors.DataError,
+                     match="missing Data_Entry_2017_v2020.csv"):
+    _build("cxr_nih14", tmp_path / "empty", tmp_path / "tfds")
+
+
+def test_labels_match_rows(tmp_path):
+  builder = _build("cxr_nih14", os.path.join(TESTDATA, "cxr_nih14"), tmp_path)
+  test = {ex["source_path"].decode(): ex["labels"]
+          for ex in builder.as_data_source("test")}
+  expected = np.zeros(14, np.float32)
+  expected[labels_lib.NIH_LABELS.index("Hernia")] = 1
+  expected[labels_lib.NIH_LABELS.index("Pleural_Thickening")] = 1
+  np.testing.assert_array_equal(test["00000003_001.png"], expected)
