@@ -1,0 +1,80 @@
+"""Reading single radiographs from DICOM, PNG (8/16-bit) and JPEG files.
+
+`read_xray` returns float32 [H, W] in [0, 1] with dense tissue bright (bone
+white, air black), whatever the file's conventions.
+"""
+import numpy as np
+from etils import epath
+from PIL import Image
+
+from big_transfer_med import errors
+
+_DICOM_MAGIC_OFFSET = 128
+
+
+def _is_dicom(path: epath.Path) -> bool:
+  with path.open("rb") as f:
+    header = f.read(_DICOM_MAGIC_OFFSET + 4)
+  return header[_DICOM_MAGIC_OFFSET:] == b"DICM" or path.suffix.lower() in (
+      ".dcm", ".dicom")
+
+
+def _read_dicom(path: epath.Path) -> np.ndarray:
+  import pydicom  # pylint: disable=g-import-not-at-top
+  from pydicom.pixels import apply_modality_lut  # pylint: disable=g-import-not-at-top
+  with path.open("rb") as f:
+    ds = pydicom.dcmread(f)
+  photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+  if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    raise errors.DataError(f"{path}: photometric interpretation {photometric} "
+                           "is not a grayscale radiograph.")
+  if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+    raise errors.DataError(f"{path}: {ds.NumberOfFrames} frames; expected one.")
+  try:
+    pixels = ds.pixel_array
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.DataError(
+        f"{path}: cannot decode pixel data (transfer syntax "
+        f"{ds.file_meta.get('TransferSyntaxUID', '?')}): {e}. Compressed "
+        "syntaxes need pydicom's plugins (pylibjpeg, pylibjpeg-openjpeg).") from e
+  bits = int(ds.get("BitsStored", pixels.itemsize * 8))
+  signed = int(ds.get("PixelRepresentation", 0)) == 1
+  low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (
+      0, 2 ** bits - 1)
+  # The stored range through the modality LUT gives the value range.
+  values = apply_modality_lut(pixels, ds).astype(np.float64)
+  ends = apply_modality_lut(np.array([low, high], pixels.dtype), ds)
+  low, high = float(np.min(ends)), float(np.max(ends))
+  image = (values - low) / max(high - low, 1e-12)
+  if photometric == "MONOCHROME1":  # Minimum is white: invert.
+    image = 1.0 - image
+  return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def _read_raster(path: epath.Path) -> np.ndarray:
+  try:
+    with path.open("rb") as f, Image.open(f) as image:
+      image.load()
+      array = np.asarray(image)
+  except (OSError, SyntaxError, ValueError) as e:
+    raise errors.DataError(f"{path}: cannot decode image ({e}).") from e
+  if array.ndim == 3:
+    array = np.asarray(Image.fromarray(array[..., :3]).convert("L"))
+  if array.dtype == np.uint8:
+    return array.astype(np.float32) / 255.0
+  if array.dtype in (np.uint16, np.int32) and array.max(initial=0) <= 65535:
+    return array.astype(np.float32) / 65535.0
+  raise errors.DataError(f"{path}: unsupported pixel type {array.dtype}.")
+
+
+def read_xray(path) -> np.ndarray:
+  """Reads a radiograph as float32 [H, W] in [0, 1], bright = dense.
+
+  DICOM: modality LUT (rescale slope/intercept), normalised by the range of
+  BitsStored, MONOCHROME1 inverted; compressed transfer syntaxes decode where
+  pydicom's plugins can. PNG: 8-bit / 255, 16-bit / 65535. JPEG: / 255.
+  """
+  path = epath.Path(path)
+  if not path.exists():
+    raise errors.DataError(f"{path}: no such file.")
+  return _read_dicom(path) if _is_dicom(path) else _read_raster(path)
