@@ -2,6 +2,7 @@
 headers, generated images). Run from the repo root to regenerate:
   python -m tests.make_cxr_testdata
 """
+import gzip
 import os
 
 import numpy as np
@@ -86,6 +87,105 @@ def make_nih(root):
     write(os.path.join(root, folder, "images", r[0]), radiograph(36, 36, i))
 
 
+MIMIC_CHEXPERT_HEADER = (
+    "subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,"
+    "Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,No Finding,"
+    "Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices")
+MIMIC_METADATA_HEADER = (
+    "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,"
+    "ViewPosition,Rows,Columns,StudyDate,StudyTime,"
+    "ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,"
+    "PatientOrientationCodeSequence_CodeMeaning")
+PADCHEST_HEADER = (
+    ",ImageID,ImageDir,StudyDate_DICOM,StudyID,PatientID,PatientBirth,"
+    "PatientSex_DICOM,ViewPosition_DICOM,Projection,MethodProjection,Pediatric,"
+    "Modality_DICOM,Manufacturer_DICOM,PhotometricInterpretation_DICOM,"
+    "PixelRepresentation_DICOM,PixelAspectRatio_DICOM,SpatialResolution_DICOM,"
+    "BitsStored_DICOM,WindowCenter_DICOM,WindowWidth_DICOM,Rows_DICOM,"
+    "Columns_DICOM,XRayTubeCurrent_DICOM,Exposure_DICOM,ExposureInuAs_DICOM,"
+    "ExposureTime,RelativeXRayExposure_DICOM,ReportID,Report,MethodLabel,Labels,"
+    "Localizations,LabelsLocalizationsBySentence,labelCUIS,LocalizationsCUIS")
+
+
+def write_gz(path, lines):
+  with gzip.open(path, "wt") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def make_mimic(root):
+  os.makedirs(root, exist_ok=True)
+  # (dicom_id, subject, study, view, split)
+  images = [
+      ("02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "10000032", "50414267", "PA", "train"),
+      ("174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962", "10000032", "50414267", "LATERAL", "train"),
+      ("2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab", "10000032", "53189527", "AP", "train"),
+      ("68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714", "10000764", "57375967", "AP", "train"),
+      ("fffabebf-74fd3a1f-673b6b41-96ec0ac9-2ab69818", "10000898", "50771383", "PA", "validate"),
+      ("ea030e7a-2e3b1346-bc518786-7a8fd698-f673b44c", "10001176", "53186264", "PA", "test"),
+      ("096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4", "10001176", "54684191", "AP", "test"),
+  ]
+  labels = [
+      "10000032,50414267,,,,,,,,,1.0,,,,,",
+      "10000032,53189527,,,,,,,,,1.0,,,,,",
+      "10000764,57375967,,,1.0,,,,,,,,,-1.0,,",
+      "10000898,50771383,,,,,,,,,1.0,,,,,",
+      "10001176,53186264,,,,,,,,,1.0,,,,,",
+      # Study 54684191 has no label row: all labels not mentioned.
+  ]
+  write_gz(os.path.join(root, "mimic-cxr-2.0.0-metadata.csv.gz"),
+           [MIMIC_METADATA_HEADER] + [
+               f"{d},{s},{t},CHEST (PA AND LAT),{v},3056,2544,21800506,"
+               f"213014.531,CHEST (PA AND LAT),postero-anterior,Erect"
+               for d, s, t, v, _ in images])
+  write_gz(os.path.join(root, "mimic-cxr-2.0.0-chexpert.csv.gz"),
+           [MIMIC_CHEXPERT_HEADER] + labels)
+  write_gz(os.path.join(root, "mimic-cxr-2.0.0-split.csv.gz"),
+           ["dicom_id,study_id,subject_id,split"] +
+           [f"{d},{t},{s},{split}" for d, s, t, _, split in images])
+  for i, (d, s, t, _, _) in enumerate(images):
+    write(os.path.join(root, "files", f"p{s[:2]}", f"p{s}", f"s{t}", d + ".jpg"),
+          radiograph(48, 40, seed=20 + i), quality=90)
+
+
+def make_padchest(root):
+  os.makedirs(root, exist_ok=True)
+  # (ImageID, ImageDir, PatientID, Projection, Labels)
+  rows = [
+      ("20536686640136348236148679891455886468_k6ga29.png", 0, "p1", "PA", "['normal']"),
+      ("135803415504923515076821959678074435083_fzis7d.png", 0, "p2", "L",
+       "['pulmonary fibrosis', 'chronic changes', 'kyphosis', 'pseudonodule', 'ground glass pattern']"),
+      ("113855343774216031107737439268243531979_3k951l.png", 1, "p3", "PA",
+       "['chronic changes', 'pleural effusion', 'cardiomegaly']"),
+      ("216840111366964012283393834152009033102258826_00-059-087.png", 1, "p3", "AP_horizontal",
+       "['pneumonia']"),  # Known-missing file in the real release.
+      ("216840111366964012339356563862009072111404053_00-043-192.png", 2, "p4", "AP",
+       "['nodule', 'NSG tube']"),
+      ("216840111366964012373310883942009117084022290_00-064-025.png", 2, "p5", "PA", ""),  # Null labels.
+      ("216840111366964012373310883942009170084120009_00-097-074.png", 2, "p6", "EXCLUDE", "['normal']"),
+      ("216840111366964012487858717522009280135853083_00-075-001.png", 54, "p7", "PA",
+       "['hiatal hernia', 'scoliosis']"),
+      ("216840111366964012558082906712009327122220177_00-102-064.png", 54, "p8", "PA",
+       "['laminar atelectasis']"),
+      ("216840111366964012819207061112010306085429121_04-020-102.png", 54, "p9", "PA",
+       "['aortic elongation']"),
+  ]
+  with open(os.path.join(root, "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"), "w") as f:
+    f.write(PADCHEST_HEADER + "\n")
+    for i, (image, folder, patient, projection, labels) in enumerate(rows):
+      quoted = f'"{labels}"' if labels else ""
+      f.write(f"{i},{image},{folder},20140915,study{i},{patient},1930.0,F,"
+              f"POSTEROANTERIOR,{projection},Manual review of DICOM fields,No,"
+              f"CR,Maker,MONOCHROME2,0,None,None,12,2092,2251,1728,1872,250,2,"
+              f"2500,10,-1.42,4765777, sin hallazg .,Physician,{quoted},[],"
+              f"[],[],[]\n")
+  for i, (image, folder, _, _, _) in enumerate(rows):
+    if i == 3:
+      continue  # Missing from the release.
+    write(os.path.join(root, str(folder), image),
+          radiograph(40, 44, seed=40 + i, dtype=np.uint16))
+
+
 if __name__ == "__main__":
-  for name, make in (("cxr_chexpert", make_chexpert), ("cxr_nih14", make_nih)):
+  for name, make in (("cxr_chexpert", make_chexpert), ("cxr_nih14", make_nih),
+                     ("cxr_mimic", make_mimic), ("cxr_padchest", make_padchest)):
     make(os.path.join(TESTDATA, name))

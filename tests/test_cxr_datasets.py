@@ -9,7 +9,9 @@ import tensorflow_datasets as tfds
 from big_transfer_med import errors
 from input_pipeline import labels as labels_lib
 from input_pipeline.datasets import cxr_chexpert
+from input_pipeline.datasets import cxr_mimic
 from input_pipeline.datasets import cxr_nih14
+from input_pipeline.datasets import cxr_padchest
 from tests import tfds_testing
 
 TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
@@ -29,6 +31,21 @@ class CxrNih14Test(tfds_testing.TfrecordFiles,
   SPLITS = {"train": 5, "validation": 1, "test": 2}
 
 
+class CxrMimicTest(tfds_testing.TfrecordFiles,
+                   tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = cxr_mimic.CxrMimic
+  EXAMPLE_DIR = os.path.join(TESTDATA, "cxr_mimic")
+  SPLITS = {"train": 4, "validation": 1, "test": 2}
+
+
+class CxrPadchestTest(tfds_testing.TfrecordFiles,
+                      tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = cxr_padchest.CxrPadchest
+  EXAMPLE_DIR = os.path.join(TESTDATA, "cxr_padchest")
+  # 10 rows: one null-label row and one EXCLUDE row dropped, one file missing.
+  SPLITS = {"train": 5, "validation": 1, "test": 1}
+
+
 def _build(name, manual_dir, data_dir):
   builder = tfds.builder(name, data_dir=str(data_dir))
   builder.download_and_prepare(
@@ -36,7 +53,8 @@ def _build(name, manual_dir, data_dir):
   return builder
 
 
-@pytest.mark.parametrize("name", ["cxr_chexpert", "cxr_nih14"])
+@pytest.mark.parametrize(
+    "name", ["cxr_chexpert", "cxr_nih14", "cxr_mimic", "cxr_padchest"])
 def test_splits_are_patient_disjoint(name, tmp_path):
   builder = _build(name, os.path.join(TESTDATA, name), tmp_path)
   patients = {split: {ex["patient_id"] for ex in builder.as_data_source(split)}
@@ -122,3 +140,25 @@ def test_labels_match_rows(tmp_path):
   expected[labels_lib.NIH_LABELS.index("Hernia")] = 1
   expected[labels_lib.NIH_LABELS.index("Pleural_Thickening")] = 1
   np.testing.assert_array_equal(test["00000003_001.png"], expected)
+
+
+def test_padchest_keeps_16_bits_and_mimic_study_labels(tmp_path):
+  padchest = _build("cxr_padchest", os.path.join(TESTDATA, "cxr_padchest"),
+                    tmp_path / "padchest")
+  raw = padchest.as_data_source(
+      "train", decoders={"image": tfds.decode.SkipDecoding()})
+  image_feature = padchest.info.features["image"]
+  decoded = image_feature.decode_example(next(iter(raw))["image"]).numpy()
+  assert decoded.dtype == np.uint16 and decoded.max() > 255
+  mimic = _build("cxr_mimic", os.path.join(TESTDATA, "cxr_mimic"),
+                 tmp_path / "mimic")
+  train = {ex["source_path"].decode(): ex for ex in mimic.as_data_source("train")}
+  pa = train["files/p10/p10000032/s50414267/"
+             "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg"]
+  lateral = train["files/p10/p10000032/s50414267/"
+                  "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962.jpg"]
+  np.testing.assert_array_equal(pa["labels"], lateral["labels"])  # Per study.
+  assert pa["view"] == 0 and lateral["view"] == 3  # PA, LATERAL.
+  test = list(mimic.as_data_source("test"))
+  unlabeled = [ex for ex in test if ex["study_id"] == b"54684191"]
+  assert np.all(np.isnan(unlabeled[0]["labels"]))

@@ -4,12 +4,14 @@ import math
 
 import numpy as np
 import pytest
+from etils import epath
 
 from big_transfer_med import errors
 from input_pipeline import labels as labels_lib
 from input_pipeline.datasets import cxr_chexpert
 from input_pipeline.datasets import cxr_common
 from input_pipeline.datasets import cxr_nih14
+from input_pipeline.datasets import cxr_padchest
 from tests import txrv_metadata
 
 
@@ -131,6 +133,20 @@ def test_real_padchest_label_strings():
   assert all(counts[f] > 0 for f in ("Effusion", "Cardiomegaly", "Nodule",
                                      "Scoliosis", "Support Devices",
                                      "Aortic Elongation"))
+
+
+def test_real_padchest_csv_parses_completely(tmp_path):
+  path = txrv_metadata.write_csv("padchest", str(tmp_path),
+                                 cxr_padchest.CSV_NAME)
+  parsed = [cxr_padchest.parse_row(r)
+            for _, r in cxr_padchest.read_csv(epath.Path(path))]
+  kept = [p for p in parsed if p is not None]
+  assert len(parsed) == 160_861
+  assert 0 < len(parsed) - len(kept) < 1000  # Null labels, EXCLUDE.
+  assert len({p["patient_id"] for p in kept}) > 60_000
+  assert {p["view"] for p in kept} == set(cxr_common.VIEWS)
+  ages = np.array([p["age"] for p in kept])
+  assert 40 < np.nanmedian(ages) < 80
 
 
 def test_label_sets_and_unknown_names():
