@@ -16,15 +16,27 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "R50x1"
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "fashion_mnist_local"
+  c.data.name = "fashion_mnist_local"  # Single-label TFDS data (no sources).
   c.data.data_dir = config_dict.placeholder(str)  # None: the TFDS default.
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.classes = ()  # Class subset, relabelled 0..k-1; () keeps all.
+  # Chest X-rays: any of chexpert, mimic, nih14, padchest (overrides name).
+  c.data.sources = ()
+  c.data.builder_config = "default"  # 'default' (<= 512 px) or 'original'.
+  c.data.label_set = "common7"  # common7, chexpert13, nih14, padchest27, union.
+  c.data.uncertain = "ignore"  # ignore, zeros, ones, lsr_zeros, lsr_ones.
+  c.data.missing = "mask"  # Not-mentioned labels: 'mask' or 'zeros'.
+  c.data.views = ("PA", "AP", "AP_SUPINE")  # Frontal views.
+  c.data.weights = ()  # Mixing weights per source; () concatenates.
+  c.data.crop_to_square = False
   c.data.resolution = 224
   c.data.channels = 3
   c.data.augment = "crop_flip"
-  c.data.crop_padding = 4
+  c.data.crop_padding = 4  # crop_flip: zero padding before the random crop.
+  c.data.shift = 0.25  # cxr: random shift (fraction), scale, rotation (deg).
+  c.data.scale = 0.1
+  c.data.rotation = 45.0
   c.data.eval_batch_size = config_dict.placeholder(int)  # None: batch_size.
   c.data.prefetch = 2
   c.data.num_threads = config_dict.placeholder(int)  # None: TF decides.

@@ -52,13 +52,20 @@ def create_train_state(config, model, optimizer, image_shape) -> TrainState:
   return init()
 
 
+def loss_mask(batch):
+  """Per-example mask, times the per-label mask of multi-label data."""
+  if "label_mask" in batch:
+    return batch["label_mask"] * batch["mask"][..., None]
+  return batch["mask"]
+
+
 def train_step(state: TrainState, batch, *, model, loss_fn, optimizer,
                schedule):
   """One SGD step on this device's share of the global batch."""
 
   def loss_of(params):
     logits = model.apply({"params": params}, batch["image"])
-    total, count = loss_fn(logits, batch["labels"], batch["mask"])
+    total, count = loss_fn(logits, batch["labels"], loss_mask(batch))
     return total, count
 
   (total, count), grads = jax.value_and_grad(loss_of, has_aux=True)(
@@ -83,7 +90,7 @@ def eval_step(params, batch, *, model, loss_fn, multi_label: bool):
   """Sums of loss and correct predictions over this device's valid examples."""
   logits = model.apply({"params": params}, batch["image"])
   mask = batch["mask"]
-  total, count = loss_fn(logits, batch["labels"], mask)
+  total, count = loss_fn(logits, batch["labels"], loss_mask(batch))
   sums = {"loss": total, "loss_count": count, "examples": jnp.sum(mask)}
   if not multi_label:
     correct = jnp.argmax(logits, -1) == jnp.argmax(batch["labels"], -1)
@@ -164,7 +171,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   steps_per_epoch = len(data.train) / config.batch_size
   optimizer, schedule, total_steps = optim.from_config(config, steps_per_epoch)
   loss_fn = losses.get_loss(config.loss)
-  multi_label = config.loss == "sigmoid_xent"
+  multi_label = data.multi_label
+  if multi_label != (config.loss == "sigmoid_xent"):
+    raise errors.ConfigError(
+        f"config.loss={config.loss!r} does not fit "
+        f"{'multi' if multi_label else 'single'}-label data: use "
+        f"{'sigmoid_xent' if multi_label else 'softmax_xent'}.")
   model = models.get_model(config.model.name, data.num_classes)
   image_shape = (config.data.resolution, config.data.resolution,
                  config.data.channels)

@@ -9,7 +9,7 @@ slice of every global batch. Hence:
   * augmentation draws stateless random numbers seeded by (seed, p).
 """
 import dataclasses
-import os
+import functools
 from typing import Dict, Iterator, Optional, Sequence
 
 import ml_collections
@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from big_transfer_med import errors
 import input_pipeline.datasets  # noqa: F401  (registers our builders)
+from input_pipeline import labels as labels_lib
 from input_pipeline import preprocessing
 
 _READ_CHUNK = 256  # Records fetched per random-access call.
@@ -46,61 +47,137 @@ def load_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder
   return builder
 
 
-@dataclasses.dataclass
+def _open_split(builder: tfds.core.DatasetBuilder, split: str):
+  """Random-access source of `split`, images left encoded."""
+  try:
+    return builder.as_data_source(
+        split, decoders={"image": tfds.decode.SkipDecoding()})
+  except (KeyError, ValueError) as e:
+    raise errors.ConfigError(
+        f"Split {split!r} does not fit dataset {builder.name} (splits "
+        f"{list(builder.info.splits)}; slices like 'train[:10%]' work); check "
+        f"config.data.*_split. ({e})") from e
+
+
+def _read_field(data, field: str) -> np.ndarray:
+  """One field of every record, read in chunks (images are not decoded)."""
+  values = []
+  for start in range(0, len(data), _READ_CHUNK * 16):
+    stop = min(start + _READ_CHUNK * 16, len(data))
+    values.extend(r[field] for r in data.__getitems__(list(range(start, stop))))
+  return np.array(values)
+
+
 class Source:
-  """One split of a built dataset, readable by example index.
+  """One split of a built dataset, read by index: yields (image bytes, label
+  vector). `indices` selects (and orders) the records used."""
 
-  With `classes`, only examples of those classes are kept and relabelled
-  0..len(classes)-1 in the given order.
-  """
-  builder: tfds.core.DatasetBuilder
-  split: str
-  classes: Sequence[int] = ()
-
-  def __post_init__(self):
-    try:
-      self._data = self.builder.as_data_source(
-          self.split, decoders={"image": tfds.decode.SkipDecoding()})
-    except (KeyError, ValueError) as e:
-      raise errors.ConfigError(
-          f"Split {self.split!r} does not fit dataset {self.builder.name} "
-          f"(splits {list(self.builder.info.splits)}; slices like "
-          f"'train[:10%]' work); check config.data.*_split. ({e})") from e
-    label_feature = self.builder.info.features["label"]
-    self.class_names = list(label_feature.names)
+  def __init__(self, builder, split: str):
+    self.builder, self.split = builder, split
+    self._data = _open_split(builder, split)
     self.indices = np.arange(len(self._data))
-    self._label_map = None
-    if self.classes:
-      bad = [c for c in self.classes if not 0 <= c < label_feature.num_classes]
-      if bad:
-        raise errors.ConfigError(
-            f"config.data.classes has {bad}, outside 0.."
-            f"{label_feature.num_classes - 1} of {self.builder.name}.")
-      labels = np.array([r["label"] for r in self._read_all()])
-      self.indices = np.flatnonzero(np.isin(labels, self.classes))
-      self._label_map = {c: i for i, c in enumerate(self.classes)}
-      self.class_names = [self.class_names[c] for c in self.classes]
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
+    self.image_feature = builder.info.features["image"]
 
   def __len__(self) -> int:
     return len(self.indices)
 
-  def _read_all(self):
-    for start in range(0, len(self._data), _READ_CHUNK * 16):
-      stop = min(start + _READ_CHUNK * 16, len(self._data))
-      yield from self._data.__getitems__(list(range(start, stop)))
+  def label_vector(self, record) -> np.ndarray:
+    raise NotImplementedError
 
   def read(self, positions: np.ndarray):
-    """Yields (image bytes, label) of the examples at `positions` (in order)."""
-    records = self._data.__getitems__(self.indices[positions].tolist())
-    for record in records:
-      label = record["label"]
-      if self._label_map is not None:
-        label = self._label_map[label]
-      yield record["image"], label
+    """Yields (image bytes, float32 label vector) at `positions` (in order)."""
+    for record in self._data.__getitems__(self.indices[positions].tolist()):
+      yield record["image"], self.label_vector(record)
+
+
+class ClassificationSource(Source):
+  """Single-label data (feature 'label'); one-hot labels. With `classes`, only
+  those classes are kept, relabelled 0..len(classes)-1 in the given order."""
+
+  def __init__(self, builder, split: str, classes: Sequence[int] = ()):
+    super().__init__(builder, split)
+    label_feature = builder.info.features["label"]
+    self.label_names = list(label_feature.names)
+    self._label_map = np.arange(label_feature.num_classes)
+    if classes:
+      bad = [c for c in classes if not 0 <= c < label_feature.num_classes]
+      if bad:
+        raise errors.ConfigError(
+            f"config.data.classes has {bad}, outside 0.."
+            f"{label_feature.num_classes - 1} of {builder.name}.")
+      labels = _read_field(self._data, "label")
+      self.indices = np.flatnonzero(np.isin(labels, classes))
+      self._label_map = np.full(label_feature.num_classes, -1)
+      self._label_map[list(classes)] = np.arange(len(classes))
+      self.label_names = [self.label_names[c] for c in classes]
+
+  def label_vector(self, record) -> np.ndarray:
+    return np.eye(len(self.label_names), dtype=np.float32)[
+        self._label_map[record["label"]]]
+
+
+class CxrSource(Source):
+  """A chest X-ray split (multi-label, dataset label order), filtered by view."""
+
+  def __init__(self, builder, split: str, views: Sequence[str]):
+    super().__init__(builder, split)
+    self.label_names = list(builder.info.metadata["label_names"])
+    view_names = builder.info.features["view"].names
+    unknown = [v for v in views if v not in view_names]
+    if unknown:
+      raise errors.ConfigError(f"config.data.views has {unknown}; expected "
+                               f"some of {view_names}.")
+    if set(views) != set(view_names):
+      keep = [view_names.index(v) for v in views]
+      self.indices = np.flatnonzero(
+          np.isin(_read_field(self._data, "view"), keep))
+
+  def label_vector(self, record) -> np.ndarray:
+    return np.asarray(record["labels"], np.float32)
+
+
+class MixedSource:
+  """Several sources as one index space (concatenated in order)."""
+
+  def __init__(self, sources: Sequence[Source]):
+    self.sources = list(sources)
+    self.sizes = np.array([len(s) for s in self.sources])
+    self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+    empty = [f"{s.builder.name}[{s.split}]" for s in self.sources if not len(s)]
+    if empty:
+      raise errors.ConfigError(f"No examples left in {empty} (check "
+                               "config.data.views / classes).")
+
+  def __len__(self) -> int:
+    return int(self.offsets[-1])
+
+  def read(self, indices: np.ndarray):
+    """Returns [(source id, image bytes, label vector)] for global `indices`,
+    reading each source's share in one batched call."""
+    which = np.searchsorted(self.offsets, indices, side="right") - 1
+    out = [None] * len(indices)
+    for source_id in np.unique(which):
+      where = np.flatnonzero(which == source_id)
+      local = indices[where] - self.offsets[source_id]
+      for i, (image, labels) in zip(where,
+                                    self.sources[source_id].read(local)):
+        out[i] = (int(source_id), image, labels)
+    return out
+
+
+def weighted_indices(positions: np.ndarray, sizes: np.ndarray,
+                     weights: Sequence[float], seed: int) -> np.ndarray:
+  """Global indices for mixing by weights: position p draws its source with
+  probability weights[j] and an example of it uniformly (with replacement),
+  from a generator seeded by (seed, p): deterministic and resumable."""
+  probabilities = np.asarray(weights, np.float64) / np.sum(weights)
+  offsets = np.concatenate([[0], np.cumsum(sizes)])
+  out = np.empty(len(positions), np.int64)
+  for i, position in enumerate(positions):
+    rng = np.random.default_rng([seed, 1, int(position)])
+    j = rng.choice(len(sizes), p=probabilities)
+    out[i] = offsets[j] + rng.integers(sizes[j])
+  return out
 
 
 def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -144,9 +221,18 @@ def eval_positions(num_examples: int, global_batch: int, host_id: int,
     yield positions, np.where(positions < num_examples, positions, 0)
 
 
+CXR_SOURCES = {"chexpert": "cxr_chexpert", "mimic": "cxr_mimic",
+               "nih14": "cxr_nih14", "padchest": "cxr_padchest"}
+
+
 @dataclasses.dataclass
 class Pipeline:
-  """Dataset handles and batch iterators for one run."""
+  """Dataset handles and batch iterators for one run.
+
+  Single-label data: config.data.name (+ classes). Chest X-rays:
+  config.data.sources (any of CXR_SOURCES), harmonised onto
+  config.data.label_set; batches then carry a per-label `label_mask`.
+  """
   config: ml_collections.ConfigDict
   host_id: int = 0
   num_hosts: int = 1
@@ -154,37 +240,78 @@ class Pipeline:
 
   def __post_init__(self):
     c = self.config.data
-    self.builder = load_builder(c.name, c.data_dir)
-    self.train = Source(self.builder, c.train_split, tuple(c.classes))
-    self.eval = Source(self.builder, c.eval_split, tuple(c.classes))
-    self.num_classes = self.train.num_classes
+    if c.sources:
+      unknown = [s for s in c.sources if s not in CXR_SOURCES]
+      if unknown:
+        raise errors.ConfigError(f"config.data.sources has {unknown}; "
+                                 f"expected some of {sorted(CXR_SOURCES)}.")
+      builders = [load_builder(f"{CXR_SOURCES[s]}/{c.builder_config}",
+                               c.data_dir) for s in c.sources]
+      make = lambda split: MixedSource(  # noqa: E731
+          [CxrSource(b, split, tuple(c.views)) for b in builders])
+      self.harmonizers = [
+          labels_lib.Harmonizer(b.info.metadata["label_names"], c.label_set,
+                                c.uncertain, c.missing) for b in builders]
+      self.label_names = list(self.harmonizers[0].names)
+    else:
+      builders = [load_builder(c.name, c.data_dir)]
+      make = lambda split: MixedSource(  # noqa: E731
+          [ClassificationSource(builders[0], split, tuple(c.classes))])
+      self.harmonizers = None
+    self.train, self.eval = make(c.train_split), make(c.eval_split)
+    if not c.sources:
+      self.label_names = self.train.sources[0].label_names
+    self.multi_label = self.harmonizers is not None
+    self.num_classes = len(self.label_names)
+    if c.weights and len(c.weights) != len(self.train.sources):
+      raise errors.ConfigError(
+          f"config.data.weights has {len(c.weights)} entries for "
+          f"{len(self.train.sources)} sources.")
 
-  def _dataset(self, source: Source, batches, train: bool, per_host: int
+  def _dataset(self, source: MixedSource, batches, train: bool, per_host: int
                ) -> tf.data.Dataset:
     cfg = self.config.data
     seed = self.config.seed
-    num_classes = self.num_classes
-    image_feature = self.builder.info.features["image"]
+    width = max(len(s.label_names) for s in source.sources)
 
     def generator():
       for positions, indices in batches:
-        for position, (image, label) in zip(positions, source.read(indices)):
-          yield position, image, label
+        for position, (source_id, image, labels) in zip(
+            positions, source.read(indices)):
+          padded = np.full(width, np.nan, np.float32)
+          padded[:len(labels)] = labels
+          yield position, source_id, image, padded
 
     ds = tf.data.Dataset.from_generator(generator, output_signature=(
-        tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string),
-        tf.TensorSpec([], tf.int64)))
+        tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32),
+        tf.TensorSpec([], tf.string), tf.TensorSpec([width], tf.float32)))
 
-    def process(position, image, label):
-      image = image_feature.decode_example(image)
+    def branch(source_id, image, labels, rng):
+      feature = source.sources[source_id].image_feature
+      decoded = preprocessing.to_unit_range(feature.decode_example(image))
+      if self.harmonizers is None:
+        return decoded, labels[:self.num_classes], tf.ones([self.num_classes])
+      harmonizer = self.harmonizers[source_id]
+      size = len(source.sources[source_id].label_names)
+      return (decoded,) + harmonizer(labels[:size], rng)
+
+    def process(position, source_id, image, labels):
       rng = tf.stack([tf.cast(seed, tf.int64), position])
-      image = preprocessing.preprocess(image, cfg, train=train, rng=rng)
-      return {
-          "image": image,
-          "labels": tf.one_hot(label, num_classes, dtype=tf.float32),
+      label_rng, image_rng = tf.unstack(
+          tf.random.experimental.stateless_split(rng, 2))
+      image, labels, label_mask = tf.switch_case(source_id, [
+          functools.partial(branch, j, image, labels, label_rng)
+          for j in range(len(source.sources))])
+      example = {
+          "image": preprocessing.preprocess(image, cfg, train=train,
+                                            rng=image_rng),
+          "labels": labels,
           # Padding examples of the last evaluation batch are masked out.
           "mask": tf.cast(train or position < len(source), tf.float32),
       }
+      if self.multi_label:
+        example["label_mask"] = label_mask
+      return example
 
     ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
@@ -210,6 +337,11 @@ class Pipeline:
     batch = self.config.batch_size
     positions = train_positions(len(self.train), self.config.seed, batch,
                                 start_step, self.host_id, self.num_hosts)
+    if self.config.data.weights:
+      positions = ((p, weighted_indices(p, self.train.sizes,
+                                        self.config.data.weights,
+                                        self.config.seed))
+                   for p, _ in positions)
     ds = self._dataset(self.train, positions, True, self._per_host(batch))
     return ds.as_numpy_iterator()
 

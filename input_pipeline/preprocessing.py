@@ -1,14 +1,16 @@
 """Image preprocessing and augmentation in TF (deterministic: stateless RNG).
 
-Images arrive as uint8 or uint16 [H, W, C] and leave as float32
-[resolution, resolution, channels] in [-1, 1].
+Images arrive as float32 [H, W, C] in [0, 1] (see to_unit_range) and leave
+as float32 [resolution, resolution, channels] in [-1, 1].
 """
+import math
+
 import ml_collections
 import tensorflow as tf
 
 from big_transfer_med import errors
 
-AUGMENTATIONS = ("none", "flip", "crop_flip")
+AUGMENTATIONS = ("none", "flip", "crop_flip", "cxr")
 
 
 def to_unit_range(image: tf.Tensor) -> tf.Tensor:
@@ -39,17 +41,55 @@ def random_crop_flip(image: tf.Tensor, padding: int, flip: bool,
   return image
 
 
+def center_crop_to_square(image: tf.Tensor) -> tf.Tensor:
+  """Crops the centre square of side min(H, W)."""
+  shape = tf.shape(image)
+  side = tf.minimum(shape[0], shape[1])
+  top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
+  return image[top:top + side, left:left + side]
+
+
+def random_affine(image: tf.Tensor, rng: tf.Tensor, shift: float,
+                  scale: float, rotation_degrees: float) -> tf.Tensor:
+  """Random shift (fraction of the size), scale (1 +- scale) and rotation
+  about the centre; outside pixels are black. Bilinear sampling."""
+  size = tf.cast(tf.shape(image)[:2], tf.float32)  # (H, W)
+  params = tf.random.stateless_uniform([4], rng, -1.0, 1.0)
+  angle = params[0] * rotation_degrees * math.pi / 180.0
+  zoom = 1.0 + params[1] * scale
+  ty, tx = params[2] * shift * size[0], params[3] * shift * size[1]
+  cy, cx = size[0] / 2.0, size[1] / 2.0
+  # The op maps output (x, y) to input coordinates: p_in = M p_out + offset,
+  # with M = R(-angle) / zoom and the centre moved by the shift.
+  cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+  offset_x = cx - (cos * (cx + tx) + sin * (cy + ty))
+  offset_y = cy - (-sin * (cx + tx) + cos * (cy + ty))
+  transform = tf.stack([cos, sin, offset_x, -sin, cos, offset_y, 0.0, 0.0])
+  return tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None], transforms=transform[None],
+      output_shape=tf.shape(image)[:2], fill_value=0.0,
+      interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+
+
 def preprocess(image: tf.Tensor, config: ml_collections.ConfigDict,
                train: bool, rng: tf.Tensor) -> tf.Tensor:
-  """Preprocesses one image according to `config` (the config.data block).
+  """Preprocesses one float image in [0, 1] according to config.data.
 
   `rng` is a [2] int64 seed; the same seed gives the same augmentation.
   """
   if config.augment not in AUGMENTATIONS:
     raise errors.ConfigError(f"config.data.augment={config.augment!r}: "
                              f"expected one of {AUGMENTATIONS}.")
-  image = resize(to_unit_range(image), config.resolution)
-  if train and config.augment != "none":
+  if config.crop_to_square:
+    image = center_crop_to_square(image)
+  image = resize(image, config.resolution)
+  if train and config.augment == "cxr":
+    affine_rng, flip_rng = tf.unstack(
+        tf.random.experimental.stateless_split(rng, 2))
+    image = random_affine(image, affine_rng, config.shift, config.scale,
+                          config.rotation)
+    image = random_crop_flip(image, 0, flip=True, rng=flip_rng)
+  elif train and config.augment != "none":
     padding = config.crop_padding if config.augment == "crop_flip" else 0
     image = random_crop_flip(image, padding, flip=True, rng=rng)
   image = image * 2.0 - 1.0

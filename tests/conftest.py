@@ -25,3 +25,18 @@ def tiny_fmnist_data_dir(tiny_fmnist_manual_dir, tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   fmnist_fixtures.build(tiny_fmnist_manual_dir, data_dir)
   return data_dir
+
+
+CXR_TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
+
+
+@pytest.fixture(scope="session")
+def tiny_cxr_data_dir(tmp_path_factory):
+  """A TFDS data_dir with the four chest X-ray builders built from testdata/."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("tfds_cxr"))
+  for name in ("cxr_chexpert", "cxr_mimic", "cxr_nih14", "cxr_padchest"):
+    tfds.builder(name, data_dir=data_dir).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.path.join(CXR_TESTDATA, name)))
+  return data_dir

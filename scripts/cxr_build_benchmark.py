@@ -1,0 +1,101 @@
+r"""Measures chest X-ray dataset builds: seconds and stored MB per 1,000 images.
+
+Writes N synthetic radiographs at each dataset's released size and format, in
+its exact folder layout (reusing the test-data writers), builds them with
+TFDS ('default' config: shorter side <= 512 px) and prints one JSON line per
+dataset.
+  python scripts/cxr_build_benchmark.py --num_images=200
+"""
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+import input_pipeline.datasets  # noqa: F401  (registers the builders)
+from tests import make_cxr_testdata as testdata
+
+# Released image sizes: NIH 1024x1024 8-bit PNG; CheXpert-small ~390x320 JPEG;
+# PadChest ~2000x2000 16-bit PNG.
+SIZES = {"cxr_nih14": (1024, 1024), "cxr_chexpert": (390, 320),
+         "cxr_padchest": (2000, 2000)}
+
+
+def _scale_up(name, manual, n):
+  """Replicates the test folder's first rows to n images at released size."""
+  if name == "cxr_nih14":
+    lines = open(os.path.join(manual, "Data_Entry_2017_v2020.csv")).read().splitlines()
+    rows = [f"{i:08d}_000.png,No Finding,0,{i},50,M,PA,1024,1024,0.14,0.14"
+            for i in range(1, n + 1)]
+    with open(os.path.join(manual, "Data_Entry_2017_v2020.csv"), "w") as f:
+      f.write("\n".join(lines[:1] + rows) + "\n")
+    names = [r.split(",")[0] for r in rows]
+    with open(os.path.join(manual, "test_list.txt"), "w") as f:
+      f.write("\n".join(names[: n // 10]) + "\n")
+    with open(os.path.join(manual, "train_val_list.txt"), "w") as f:
+      f.write("\n".join(names[n // 10:]) + "\n")
+    shutil.rmtree(os.path.join(manual, "images_001"))
+    shutil.rmtree(os.path.join(manual, "images_002"))
+    image = testdata.radiograph(*SIZES[name], seed=0)
+    for image_name in names:
+      testdata.write(os.path.join(manual, "images_001", "images", image_name), image)
+  elif name == "cxr_chexpert":
+    release = os.path.join(manual, "CheXpert-v1.0-small")
+    header = open(os.path.join(release, "train.csv")).readline().strip()
+    image = testdata.radiograph(*SIZES[name], seed=0)
+    for split, count, first in (("train", n - 10, 1), ("valid", 10, 70000)):
+      rows = [f"CheXpert-v1.0-small/{split}/patient{first + i:05d}/study1/"
+              f"view1_frontal.jpg,Male,50,Frontal,PA,1.0" + "," * 13
+              for i in range(count)]
+      with open(os.path.join(release, f"{'train' if split == 'train' else 'valid'}.csv"), "w") as f:
+        f.write("\n".join([header] + rows) + "\n")
+      for row in rows:
+        testdata.write(os.path.join(manual, row.split(",")[0]), image, quality=95)
+  elif name == "cxr_padchest":
+    csv_name = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+    lines = open(os.path.join(manual, csv_name)).read().splitlines()
+    template = lines[1].split(",", 3)
+    image = testdata.radiograph(*SIZES[name], seed=0, dtype=np.uint16)
+    rows = []
+    for i in range(n):
+      image_id = f"bench{i:06d}.png"
+      rows.append(f"{i},{image_id},0,{template[3].replace('p1', f'q{i}', 1)}")
+      testdata.write(os.path.join(manual, "0", image_id), image)
+    with open(os.path.join(manual, csv_name), "w") as f:
+      f.write("\n".join(lines[:1] + rows) + "\n")
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--num_images", type=int, default=200)
+  parser.add_argument("--datasets", default="cxr_nih14,cxr_chexpert,cxr_padchest")
+  args = parser.parse_args()
+  for name in args.datasets.split(","):
+    work = tempfile.mkdtemp()
+    manual = os.path.join(work, "manual")
+    getattr(testdata, {"cxr_nih14": "make_nih", "cxr_chexpert": "make_chexpert",
+                       "cxr_padchest": "make_padchest"}[name])(manual)
+    _scale_up(name, manual, args.num_images)
+    data_dir = os.path.join(work, "tfds")
+    start = time.perf_counter()
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    seconds = time.perf_counter() - start
+    images = sum(s.num_examples for s in builder.info.splits.values())
+    size = sum(os.path.getsize(os.path.join(d, f))
+               for d, _, files in os.walk(builder.data_dir) for f in files)
+    print(json.dumps({
+        "dataset": name, "config": "default", "images": images,
+        "source_size": SIZES[name],
+        "seconds_per_1000": round(seconds / images * 1000, 1),
+        "mb_per_1000": round(size / images * 1000 / 2**20, 1)}), flush=True)
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+  main()
