@@ -10,19 +10,21 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-import input_pipeline.datasets  # noqa: F401  (registers the builders)
-from tests import make_cxr_testdata as testdata
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import input_pipeline.datasets  # noqa: E402,F401  (registers the builders)
+from tests import make_cxr_testdata as testdata  # noqa: E402
 
 # Released image sizes: NIH 1024x1024 8-bit PNG; CheXpert-small ~390x320 JPEG;
-# PadChest ~2000x2000 16-bit PNG.
+# PadChest ~2000x2000 16-bit PNG; MIMIC-CXR-JPG ~3056x2544 JPEG.
 SIZES = {"cxr_nih14": (1024, 1024), "cxr_chexpert": (390, 320),
-         "cxr_padchest": (2000, 2000)}
+         "cxr_padchest": (2000, 2000), "cxr_mimic": (3056, 2544)}
 
 
 def _scale_up(name, manual, n):
@@ -55,6 +57,23 @@ def _scale_up(name, manual, n):
         f.write("\n".join([header] + rows) + "\n")
       for row in rows:
         testdata.write(os.path.join(manual, row.split(",")[0]), image, quality=95)
+  elif name == "cxr_mimic":
+    for f in os.listdir(manual):
+      if f != "mimic-cxr-2.0.0-chexpert.csv.gz":
+        path = os.path.join(manual, f)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    image = testdata.radiograph(*SIZES[name], seed=0)
+    rows = [(f"{i:08d}-bench", f"1{i:07d}", f"5{i:07d}") for i in range(n)]
+    testdata.write_gz(os.path.join(manual, "mimic-cxr-2.0.0-metadata.csv.gz"),
+                      [testdata.MIMIC_METADATA_HEADER] +
+                      [f"{d},{s},{t},,PA,3056,2544,,,,," for d, s, t in rows])
+    testdata.write_gz(os.path.join(manual, "mimic-cxr-2.0.0-split.csv.gz"),
+                      ["dicom_id,study_id,subject_id,split"] +
+                      [f"{d},{t},{s},{'test' if i % 10 == 0 else 'validate' if i % 10 == 1 else 'train'}"
+                       for i, (d, s, t) in enumerate(rows)])
+    for d, s, t in rows:
+      testdata.write(os.path.join(manual, "files", f"p{s[:2]}", f"p{s}",
+                                  f"s{t}", d + ".jpg"), image, quality=95)
   elif name == "cxr_padchest":
     csv_name = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
     lines = open(os.path.join(manual, csv_name)).read().splitlines()
@@ -72,13 +91,13 @@ def _scale_up(name, manual, n):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--num_images", type=int, default=200)
-  parser.add_argument("--datasets", default="cxr_nih14,cxr_chexpert,cxr_padchest")
+  parser.add_argument(
+      "--datasets", default="cxr_nih14,cxr_chexpert,cxr_padchest,cxr_mimic")
   args = parser.parse_args()
   for name in args.datasets.split(","):
     work = tempfile.mkdtemp()
     manual = os.path.join(work, "manual")
-    getattr(testdata, {"cxr_nih14": "make_nih", "cxr_chexpert": "make_chexpert",
-                       "cxr_padchest": "make_padchest"}[name])(manual)
+    getattr(testdata, "make_" + name[len("cxr_"):].replace("14", ""))(manual)
     _scale_up(name, manual, args.num_images)
     data_dir = os.path.join(work, "tfds")
     start = time.perf_counter()
