@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from big_transfer_med import errors
 from input_pipeline import labels as labels_lib
 from input_pipeline.datasets import cxr_chexpert
+from input_pipeline.datasets import cxr_common
 from input_pipeline.datasets import cxr_mimic
 from input_pipeline.datasets import cxr_nih14
 from input_pipeline.datasets import cxr_padchest
@@ -95,15 +96,18 @@ def _copy(name, tmp_path):
   return target
 
 
-def test_corrupt_image_is_skipped_or_fatal_when_strict(tmp_path, monkeypatch):
+def test_corrupt_image_is_skipped_or_fatal_when_strict(tmp_path):
   manual = _copy("cxr_nih14", tmp_path)
   victim = manual / "images_002" / "images" / "00000005_000.png"
   victim.write_bytes(victim.read_bytes()[:60])  # Truncated PNG.
   builder = _build("cxr_nih14", manual, tmp_path / "lenient")
   assert sum(s.num_examples for s in builder.info.splits.values()) == 7
-  monkeypatch.setenv("CXR_STRICT_IMAGES", "1")
+  strict = tfds.builder(
+      "cxr_nih14", data_dir=str(tmp_path / "strict"),
+      config=cxr_common.CxrConfig(name="strict", strict_images=True))
   with pytest.raises(errors.DataError, match="00000005_000.png: cannot decode"):
-    _build("cxr_nih14", manual, tmp_path / "strict")
+    strict.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(manual)))
   assert not os.path.exists(tmp_path / "strict" / "cxr_nih14" / "default" / "1.0.0")
 
 

@@ -1,7 +1,6 @@
 """Pieces shared by the chest X-ray builders: features, image loading, CSV fields."""
 import dataclasses
 import math
-import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -60,8 +59,13 @@ def parse_age(value: Optional[str]) -> float:
 @dataclasses.dataclass
 class CxrConfig(tfds.core.BuilderConfig):
   """max_short_side: downscale so that the shorter side is at most this
-  (aspect kept, bit depth kept); None stores the released bytes."""
+  (aspect kept, bit depth kept); None stores the released bytes.
+  strict_images: a missing or bad image fails the build instead of being
+  skipped. TFDS wants a new name for a custom config, e.g.
+  tfds build ... --config='{"name": "strict", "strict_images": true}'
+  (then train with config.data.builder_config='strict')."""
   max_short_side: Optional[int] = DEFAULT_MAX_SHORT_SIDE
+  strict_images: bool = False
 
 
 BUILDER_CONFIGS = [
@@ -134,8 +138,8 @@ class SkipCounter:
   def skip(self, error: ImageError):
     if self.fatal:
       raise errors.DataError(
-          f"{self.dataset}[{self.split}]: {error}. Fix or remove the file, or "
-          "build without CXR_STRICT_IMAGES=1 to skip such images.") from error
+          f"{self.dataset}[{self.split}]: {error}. Fix or restore the file, "
+          "or build without strict_images to skip such images.") from error
     self.skipped.append(str(error))
     if len(self.skipped) <= self.show:
       logging.warning("%s[%s]: skipping image %s", self.dataset, self.split,
@@ -146,11 +150,6 @@ class SkipCounter:
       logging.warning("%s[%s]: skipped %d unreadable images (first: %s).",
                       self.dataset, self.split, len(self.skipped),
                       "; ".join(self.skipped[:self.show]))
-
-
-def strict_images() -> bool:
-  """CXR_STRICT_IMAGES=1 makes a bad image fatal instead of skipped."""
-  return os.environ.get("CXR_STRICT_IMAGES", "0") not in ("", "0", "false")
 
 
 def patient_split(patient_ids: Sequence[str], fractions: dict, seed: int = 0
@@ -196,7 +195,8 @@ class CxrBuilder(base.ArrayRecordBuilderMixin, tfds.core.GeneratorBasedBuilder):
 
   def _examples_from_rows(self, split: str, rows):
     """Loads each row's image; rows: iterable of (key, example, image path)."""
-    counter = SkipCounter(self.name, split, fatal=strict_images())
+    counter = SkipCounter(self.name, split,
+                          fatal=self.builder_config.strict_images)
     for key, example, path in rows:
       try:
         example["image"] = load_image(path, self.builder_config.max_short_side,
