@@ -28,6 +28,17 @@ def read_csv(path: str):
       yield number, row
 
 
+def read_rows(path: str) -> list:
+  """Parsed rows of a CheXpert CSV; a bad row fails naming its number."""
+  rows = []
+  for number, row in read_csv(path):
+    try:
+      rows.append(parse_row(row))
+    except (KeyError, ValueError) as e:
+      raise errors.DataError(f"{path} row {number}: {e}") from e
+  return rows
+
+
 def parse_row(row: dict) -> dict:
   """CSV row -> example fields (image excluded). Labels in CHEXPERT_COLUMNS
   order: 1 / 0 / -1 (uncertain) / NaN (blank, not mentioned)."""
@@ -68,37 +79,16 @@ class CxrChexpert(cxr_common.CxrBuilder):
   """
 
   def _split_generators(self, dl_manager):
-    root = None
-    for release in RELEASES:
-      try:
-        root = base.find_manual_dir(
-            dl_manager, [f"{release}/train.csv", f"{release}/valid.csv"],
-            self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-        break
-      except base.ManualDownloadError:
-        if release == RELEASES[-1]:
-          raise
-    release = next(r for r in RELEASES
-                   if epath.Path(root, r, "train.csv").exists())
-    csvs = {"train": os.path.join(root, release, "train.csv"),
-            "validation": os.path.join(root, release, "valid.csv")}
-    patients = {split: {parse_row(r)["patient_id"] for _, r in read_csv(p)}
-                for split, p in csvs.items()}
-    shared = patients["train"] & patients["validation"]
-    if shared:
-      raise errors.DataError(
-          f"{csvs['validation']}: patients also in train.csv "
-          f"({sorted(shared)[:5]}); the official split is patient-disjoint.")
-    return {split: self._generate_examples(split, path, root)
-            for split, path in csvs.items()}
-
-  def _generate_examples(self, split, csv_path, root):
-    def rows():
-      for number, row in read_csv(csv_path):
-        try:
-          example = parse_row(row)
-        except (KeyError, ValueError) as e:
-          raise errors.DataError(f"{csv_path} row {number}: {e}") from e
-        yield example["source_path"], example, os.path.join(
-            root, example["source_path"])
-    yield from self._examples_from_rows(split, rows())
+    train_csv, valid_csv = ("|".join(f"{r}/{name}" for r in RELEASES)
+                            for name in ("train.csv", "valid.csv"))
+    root = base.find_manual_dir(dl_manager, [train_csv, valid_csv],
+                                self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    train_path = base.first_existing(root, train_csv)
+    csvs = {"train": train_path,
+            "validation": os.path.join(os.path.dirname(train_path),
+                                       "valid.csv")}
+    splits = {split: read_rows(path) for split, path in csvs.items()}
+    cxr_common.check_patient_disjoint(splits, csvs["validation"])
+    return {split: self._generate_examples(
+                split, rows, lambda r: epath.Path(root, r["source_path"]))
+            for split, rows in splits.items()}

@@ -193,16 +193,30 @@ class CxrBuilder(base.ArrayRecordBuilderMixin, tfds.core.GeneratorBasedBuilder):
         metadata=tfds.core.MetadataDict(label_names=list(self.LABEL_NAMES)),
     )
 
-  def _examples_from_rows(self, split: str, rows):
-    """Loads each row's image; rows: iterable of (key, example, image path)."""
+  def _generate_examples(self, split: str, rows, locate):
+    """Yields the rows (example fields, keyed by source_path) with their
+    images; `locate(row)` gives the image file. Bad images are skipped."""
     counter = SkipCounter(self.name, split,
                           fatal=self.builder_config.strict_images)
-    for key, example, path in rows:
+    for row in rows:
       try:
-        example["image"] = load_image(path, self.builder_config.max_short_side,
-                                      self.IMAGE_DTYPE)
+        image = load_image(locate(row), self.builder_config.max_short_side,
+                           self.IMAGE_DTYPE)
       except ImageError as e:
         counter.skip(e)
         continue
-      yield key, example
+      yield row["source_path"], dict(row, image=image)
     counter.report()
+
+
+def check_patient_disjoint(splits: dict, where: str) -> None:
+  """Fails if any patient has rows in two splits ({split: [row, ...]})."""
+  patients = {s: {r["patient_id"] for r in rows} for s, rows in splits.items()}
+  names = list(patients)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      shared = patients[a] & patients[b]
+      if shared:
+        raise errors.DataError(
+            f"{where}: patients in both {a} and {b} ({sorted(shared)[:5]}); "
+            "the splits must be patient-disjoint.")

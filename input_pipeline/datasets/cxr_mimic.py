@@ -87,17 +87,7 @@ class CxrMimic(cxr_common.CxrBuilder):
           "study_id": row["study_id"],
           "view": cxr_common.normalize_view(row["ViewPosition"]),
           "sex": "", "age": float("nan"), "source_path": path})
-    patients = {s: {r["patient_id"] for r in rows} for s, rows in splits.items()}
-    names = list(patients)
-    for i, a in enumerate(names):
-      for b in names[i + 1:]:
-        if patients[a] & patients[b]:
-          raise errors.DataError(
-              f"{root / SPLIT}: subjects in both {a} and {b} "
-              f"({sorted(patients[a] & patients[b])[:5]}).")
-    return {split: self._generate_examples(split, rows, root)
+    cxr_common.check_patient_disjoint(splits, str(root / SPLIT))
+    return {split: self._generate_examples(
+                split, rows, lambda r: root / r["source_path"])
             for split, rows in splits.items()}
-
-  def _generate_examples(self, split, rows, root):
-    yield from self._examples_from_rows(split, (
-        (r["source_path"], r, root / r["source_path"]) for r in rows))

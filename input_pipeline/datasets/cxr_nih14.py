@@ -104,16 +104,13 @@ class CxrNih14(cxr_common.CxrBuilder):
         raise errors.DataError(f"{csv_path} row {number}: {e}") from e
     test = read_list(os.path.join(root, "test_list.txt"))
     train_val = read_list(os.path.join(root, "train_val_list.txt"))
-    patients_of = lambda names: {r["patient_id"] for r in rows  # noqa: E731
-                                 if r["source_path"] in names}
-    shared = patients_of(test) & patients_of(train_val)
-    if shared:
-      raise errors.DataError(
-          f"{root}: test_list.txt and train_val_list.txt share patients "
-          f"{sorted(shared)[:5]}; use the official lists.")
+    cxr_common.check_patient_disjoint(
+        {"test": [r for r in rows if r["source_path"] in test],
+         "train_val": [r for r in rows if r["source_path"] in train_val]},
+        f"{root}/test_list.txt and train_val_list.txt")
     carve = cxr_common.patient_split(
-        patients_of(train_val), {"train": 1 - VALIDATION_FRACTION,
-                                 "validation": VALIDATION_FRACTION})
+        [r["patient_id"] for r in rows if r["source_path"] in train_val],
+        {"train": 1 - VALIDATION_FRACTION, "validation": VALIDATION_FRACTION})
     splits = {"train": [], "validation": [], "test": []}
     for row in rows:
       name = row["source_path"]
@@ -122,12 +119,7 @@ class CxrNih14(cxr_common.CxrBuilder):
       elif name in train_val:
         splits[carve[row["patient_id"]]].append(row)
     images = index_images(root)
-    return {split: self._generate_examples(split, split_rows, images)
+    locate = lambda row: images.get(  # noqa: E731
+        row["source_path"], f"<not under {root}>/{row['source_path']}")
+    return {split: self._generate_examples(split, split_rows, locate)
             for split, split_rows in splits.items()}
-
-  def _generate_examples(self, split, rows, images):
-    missing_path = "<not found under manual_dir>/"
-    yield from self._examples_from_rows(split, (
-        (row["source_path"], row,
-         images.get(row["source_path"], missing_path + row["source_path"]))
-        for row in rows))

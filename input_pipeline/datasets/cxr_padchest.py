@@ -104,9 +104,6 @@ class CxrPadchest(cxr_common.CxrBuilder):
     splits = {name: [] for name in SPLIT_FRACTIONS}
     for row in rows:
       splits[split_of[row["patient_id"]]].append(row)
-    return {split: self._generate_examples(split, split_rows, epath.Path(root))
+    return {split: self._generate_examples(
+                split, split_rows, lambda r: epath.Path(root, r["source_path"]))
             for split, split_rows in splits.items()}
-
-  def _generate_examples(self, split, rows, root):
-    yield from self._examples_from_rows(split, (
-        (r["source_path"], r, root / r["source_path"]) for r in rows))
