@@ -1,12 +1,8 @@
 """Multi-source chest X-ray pipeline: harmonised labels, masks, views, mixing."""
-import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 
-from big_transfer_med import config_lib
 from input_pipeline import labels as labels_lib
 from input_pipeline import pipeline
 from tests import test_main
@@ -94,3 +90,19 @@ def test_main_runs_chest_config_on_dummy_data(tiny_cxr_data_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "step 3/3" in result.stderr
   assert (workdir / "results.json").exists()
+
+
+def test_chest_config_arguments():
+  default = test_main._parse(f"--config={CHEST}")
+  assert default.data.sources == ("chexpert", "mimic", "nih14", "padchest")
+  assert default.data.label_set == "common7" and default.loss == "sigmoid_xent"
+  assert default.model.name == "R50x1" and default.total_epochs == 90
+  assert tuple(default.schedule.decay_epochs) == (30, 60, 80)
+  one = test_main._parse(f"--config={CHEST}:sources=nih14")
+  assert one.data.label_set == "nih14"
+  big = test_main._parse(
+      f"--config={os.path.join(REPO, 'configs', 'r152x4_chest.py')}:"
+      "sources=chexpert+mimic,label_set=union,views=all")
+  assert big.model.name == "R152x4"
+  assert big.data.sources == ("chexpert", "mimic")
+  assert big.data.label_set == "union" and "LATERAL" in big.data.views

@@ -1,7 +1,6 @@
 """Fashion-MNIST builder and the index-based tf.data pipeline."""
 import gzip
 import os
-import shutil
 
 import numpy as np
 import pytest
