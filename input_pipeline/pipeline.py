@@ -299,9 +299,11 @@ class Pipeline:
       rng = tf.stack([tf.cast(seed, tf.int64), position])
       label_rng, image_rng = tf.unstack(
           tf.random.experimental.stateless_split(rng, 2))
-      image, labels, label_mask = tf.switch_case(source_id, [
-          functools.partial(branch, j, image, labels, label_rng)
-          for j in range(len(source.sources))])
+      branches = [functools.partial(branch, j, image, labels, label_rng)
+                  for j in range(len(source.sources))]
+      image, labels, label_mask = (
+          branches[0]() if len(branches) == 1 else
+          tf.switch_case(source_id, branches))
       example = {
           "image": preprocessing.preprocess(image, cfg, train=train,
                                             rng=image_rng),
