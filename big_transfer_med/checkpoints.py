@@ -36,9 +36,6 @@ _PARAM_TO_BIT = {"scale": "gamma", "bias": "beta", "kernel": "kernel"}
 _NUMBERED_CONV_RE = re.compile(r"/standardized_conv2d_\d+/")
 
 
-CheckpointMismatchError = errors.CheckpointMismatchError
-
-
 def _bit_name(path) -> str:
   """Maps a flattened path of our params to its BiT .npz name."""
   top = path[0]
@@ -130,7 +127,7 @@ def load_bit_npz(path: str, model_name: str) -> Dict[str, Any]:
   if unexpected:
     problems.append("not in the model: " + ", ".join(unexpected[:10]))
   if problems:
-    raise CheckpointMismatchError(
+    raise errors.CheckpointMismatchError(
         f"{path} does not fit model {model_name} "
         f"({len(wrong_shape)} wrong shapes, {len(missing)} missing, "
         f"{len(unexpected)} unexpected tensors). " + " | ".join(problems) +
