@@ -110,10 +110,10 @@ class ClassificationSource(Source):
       self._label_map = np.full(label_feature.num_classes, -1)
       self._label_map[list(classes)] = np.arange(len(classes))
       self.label_names = [self.label_names[c] for c in classes]
+    self._one_hot = np.eye(len(self.label_names), dtype=np.float32)
 
   def label_vector(self, record) -> np.ndarray:
-    return np.eye(len(self.label_names), dtype=np.float32)[
-        self._label_map[record["label"]]]
+    return self._one_hot[self._label_map[record["label"]]]
 
 
 class CxrSource(Source):
@@ -252,15 +252,14 @@ class Pipeline:
       self.harmonizers = [
           labels_lib.Harmonizer(b.info.metadata["label_names"], c.label_set,
                                 c.uncertain, c.missing) for b in builders]
-      self.label_names = list(self.harmonizers[0].names)
     else:
-      builders = [load_builder(c.name, c.data_dir)]
+      builder = load_builder(c.name, c.data_dir)
       make = lambda split: MixedSource(  # noqa: E731
-          [ClassificationSource(builders[0], split, tuple(c.classes))])
+          [ClassificationSource(builder, split, tuple(c.classes))])
       self.harmonizers = None
     self.train, self.eval = make(c.train_split), make(c.eval_split)
-    if not c.sources:
-      self.label_names = self.train.sources[0].label_names
+    self.label_names = (list(self.harmonizers[0].names) if self.harmonizers
+                        else self.train.sources[0].label_names)
     self.multi_label = self.harmonizers is not None
     self.num_classes = len(self.label_names)
     if c.weights and len(c.weights) != len(self.train.sources):

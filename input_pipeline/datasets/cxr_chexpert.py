@@ -28,17 +28,6 @@ def read_csv(path: str):
       yield number, row
 
 
-def read_rows(path: str) -> list:
-  """Parsed rows of a CheXpert CSV; a bad row fails naming its number."""
-  rows = []
-  for number, row in read_csv(path):
-    try:
-      rows.append(parse_row(row))
-    except (KeyError, ValueError) as e:
-      raise errors.DataError(f"{path} row {number}: {e}") from e
-  return rows
-
-
 def parse_row(row: dict) -> dict:
   """CSV row -> example fields (image excluded). Labels in CHEXPERT_COLUMNS
   order: 1 / 0 / -1 (uncertain) / NaN (blank, not mentioned)."""
@@ -87,7 +76,8 @@ class CxrChexpert(cxr_common.CxrBuilder):
     csvs = {"train": train_path,
             "validation": os.path.join(os.path.dirname(train_path),
                                        "valid.csv")}
-    splits = {split: read_rows(path) for split, path in csvs.items()}
+    splits = {split: cxr_common.parse_rows(path, read_csv(path), parse_row)
+              for split, path in csvs.items()}
     cxr_common.check_patient_disjoint(splits, csvs["validation"])
     return {split: self._generate_examples(
                 split, rows, lambda r: epath.Path(root, r["source_path"]))

@@ -209,6 +209,18 @@ class CxrBuilder(base.ArrayRecordBuilderMixin, tfds.core.GeneratorBasedBuilder):
     counter.report()
 
 
+def parse_rows(path, numbered_rows, parse) -> list:
+  """[parse(row) for each (number, row)]; a row that fails to parse stops the
+  build with a DataError naming the file and row number."""
+  parsed = []
+  for number, row in numbered_rows:
+    try:
+      parsed.append(parse(row))
+    except (KeyError, ValueError, SyntaxError) as e:
+      raise errors.DataError(f"{path} row {number}: {e}") from e
+  return parsed
+
+
 def check_patient_disjoint(splits: dict, where: str) -> None:
   """Fails if any patient has rows in two splits ({split: [row, ...]})."""
   patients = {s: {r["patient_id"] for r in rows} for s, rows in splits.items()}

@@ -4,6 +4,7 @@ import gzip
 import io
 
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 
 from big_transfer_med import errors
@@ -87,6 +88,8 @@ class CxrMimic(cxr_common.CxrBuilder):
           "study_id": row["study_id"],
           "view": cxr_common.normalize_view(row["ViewPosition"]),
           "sex": "", "age": float("nan"), "source_path": path})
+    logging.info("%s: %d images of studies without labels (all not mentioned).",
+                 root / CHEXPERT, unlabeled)
     cxr_common.check_patient_disjoint(splits, str(root / SPLIT))
     return {split: self._generate_examples(
                 split, rows, lambda r: root / r["source_path"])

@@ -96,12 +96,7 @@ class CxrNih14(cxr_common.CxrBuilder):
         dl_manager, ["|".join(CSV_NAMES), "train_val_list.txt", "test_list.txt"],
         self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     csv_path = base.first_existing(root, "|".join(CSV_NAMES))
-    rows = []
-    for number, row in read_csv(csv_path):
-      try:
-        rows.append(parse_row(row))
-      except (KeyError, ValueError) as e:
-        raise errors.DataError(f"{csv_path} row {number}: {e}") from e
+    rows = cxr_common.parse_rows(csv_path, read_csv(csv_path), parse_row)
     test = read_list(os.path.join(root, "test_list.txt"))
     train_val = read_list(os.path.join(root, "train_val_list.txt"))
     cxr_common.check_patient_disjoint(

@@ -87,16 +87,9 @@ class CxrPadchest(cxr_common.CxrBuilder):
     root = base.find_manual_dir(dl_manager, [alternatives],
                                 self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     path = epath.Path(base.first_existing(root, alternatives))
-    rows, dropped = [], 0
-    for number, row in read_csv(path):
-      try:
-        parsed = parse_row(row)
-      except (ValueError, SyntaxError) as e:
-        raise errors.DataError(f"{path} row {number}: {e}") from e
-      if parsed is None:
-        dropped += 1
-      else:
-        rows.append(parsed)
+    parsed = cxr_common.parse_rows(path, read_csv(path), parse_row)
+    rows = [r for r in parsed if r is not None]
+    dropped = len(parsed) - len(rows)
     logging.info("%s: dropped %d rows (null labels or excluded projection).",
                  path, dropped)
     split_of = cxr_common.patient_split([r["patient_id"] for r in rows],
