@@ -1,6 +1,7 @@
-"""Interchange with the public BiT checkpoints (.npz, flat TF variable names).
+"""Pre-trained weights: our orbax workdirs, BiT .npz files, PyTorch BiT models.
 
-Our parameter tree mirrors the BiT layout one-to-one:
+BiT .npz files use flat TF variable names; our parameter tree mirrors them
+one-to-one (PyTorch names map likewise, see _from_torch_name):
 
   root_block/kernel                  <-> resnet/root_block/standardized_conv2d/kernel
   blockN_unitXX/gn1/{scale,bias}     <-> resnet/blockN/unitXX/a/group_norm/{gamma,beta}
@@ -14,15 +15,16 @@ Our parameter tree mirrors the BiT layout one-to-one:
 import os
 import re
 import tempfile
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
 from flax import traverse_util
 
 from big_transfer_med import errors
-from big_transfer_med import models
+from big_transfer_med import torch_format
 
 _UNIT_RE = re.compile(r"^block(\d+)_unit(\d+)$")
 _LAYER_TO_BIT = {
@@ -89,47 +91,163 @@ def read_bit_npz(path: str) -> Dict[str, np.ndarray]:
             for k in data.files}
 
 
-def load_bit_npz(path: str, model_name: str) -> Dict[str, Any]:
-  """Returns params of `model_name` from a BiT .npz (head included if present).
+_BIT_UNIT_RE = re.compile(r"^resnet/block(\d+)/unit(\d+)/(.+)/(\w+)$")
+_BIT_TO_LAYER = {v: k for k, v in _LAYER_TO_BIT.items()}
+_BIT_TO_PARAM = {v: k for k, v in _PARAM_TO_BIT.items()}
 
-  Raises CheckpointMismatchError naming every missing, unexpected or
-  wrongly-shaped tensor.
+
+def _from_bit_name(name: str) -> Optional[str]:
+  """Our flat name ('block1_unit01/conv1/kernel') of a BiT .npz name."""
+  if name == "resnet/root_block/standardized_conv2d/kernel":
+    return "root_block/kernel"
+  if name.startswith("resnet/group_norm/"):
+    param = _BIT_TO_PARAM.get(name.rsplit("/", 1)[1])
+    return f"norm_pre_head/{param}" if param else None
+  if name in ("resnet/head/conv2d/kernel", "resnet/head/conv2d/bias"):
+    return "head/" + name.rsplit("/", 1)[1]
+  match = _BIT_UNIT_RE.match(name)
+  if not match or match.group(3) not in _BIT_TO_LAYER:
+    return None
+  block, unit, layer, param = match.groups()
+  return (f"block{int(block)}_unit{int(unit):02d}/{_BIT_TO_LAYER[layer]}/"
+          f"{_BIT_TO_PARAM.get(param, param)}")
+
+
+# The BiT PyTorch model (and the seed paper's): root.conv, body.blockN.unitXX.
+# {gn1,conv1,gn2,conv2,gn3,conv3,downsample}, before_head.gn (head.gn in
+# Google's bit_pytorch), head.conv; OIHW kernels. 'module.' from DataParallel.
+_TORCH_UNIT_RE = re.compile(
+    r"^body\.block(\d+)\.unit(\d+)\.(gn[123]|conv[123]|downsample)"
+    r"(?:\.conv)?\.(weight|bias)$")
+_TORCH_PARAM = {"gn": {"weight": "scale", "bias": "bias"},
+                "conv": {"weight": "kernel", "bias": "bias"}}
+
+
+def _from_torch_name(name: str) -> Optional[str]:
+  name = name[len("module."):] if name.startswith("module.") else name
+  if name == "root.conv.weight":
+    return "root_block/kernel"
+  for prefix in ("before_head.gn.", "head.gn."):
+    if name.startswith(prefix):
+      param = _TORCH_PARAM["gn"].get(name[len(prefix):])
+      return f"norm_pre_head/{param}" if param else None
+  if name in ("head.conv.weight", "head.conv.bias"):
+    return "head/" + _TORCH_PARAM["conv"][name.rsplit(".", 1)[1]]
+  match = _TORCH_UNIT_RE.match(name)
+  if not match:
+    return None
+  block, unit, layer, param = match.groups()
+  ours = "conv_proj" if layer == "downsample" else layer
+  return (f"block{int(block)}_unit{int(unit):02d}/{ours}/"
+          f"{_TORCH_PARAM[ours[:-1] if ours.startswith('gn') else 'conv'][param]}")
+
+
+def _from_torch_array(name: str, value: np.ndarray) -> np.ndarray:
+  value = np.asarray(value, np.float32)
+  if name == "head/kernel":
+    return value.reshape(value.shape[:2]).T  # [N, C, 1, 1] -> [C, N].
+  if value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO.
+  return value
+
+
+def _read_orbax_params(path: str) -> Dict[str, np.ndarray]:
+  """Params of the latest checkpoint of a workdir of ours (or its checkpoints/)."""
+  directory = os.path.join(path, "checkpoints")
+  directory = directory if os.path.isdir(directory) else path
+  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  step = manager.latest_step()
+  if step is None:
+    raise errors.CheckpointMismatchError(
+        f"config.init.checkpoint={path!r} holds no checkpoint: give a workdir "
+        "of a finished run (or its checkpoints/ folder), a .npz or a .pth.tar.")
+  restored = manager.restore(step)
+  manager.close()
+  logging.info("Reading params of %s at step %d.", directory, step)
+  return {"/".join(k): np.asarray(v) for k, v in
+          traverse_util.flatten_dict(restored["params"]).items()}
+
+
+def read_pretrained(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+  """Reads any supported checkpoint into ({our flat name: array}, {our name:
+  name in the file}); tensors without a model name keep their file name.
+
+  Formats: a workdir of ours (orbax), a BiT .npz, a PyTorch BiT state dict
+  (.pth/.pt/.tar/.bin; under key 'model' if it is a training checkpoint).
   """
-  arrays = read_bit_npz(path)
-  head_kernel = arrays.get("resnet/head/conv2d/kernel")
-  num_classes = int(head_kernel.shape[-1]) if head_kernel is not None else None
-  in_channels = int(arrays["resnet/root_block/standardized_conv2d/kernel"]
-                    .shape[2]) if (
-                        "resnet/root_block/standardized_conv2d/kernel"
-                        in arrays) else 3
-  model = models.get_model(model_name, num_classes)
-  expected = jax.eval_shape(model.init, jax.random.key(0),
-                            jnp.zeros((1, 32, 32, in_channels)))["params"]
-  expected = traverse_util.flatten_dict(expected)
+  if not os.path.exists(path):
+    raise errors.CheckpointMismatchError(
+        f"config.init.checkpoint={path!r} does not exist.")
+  if os.path.isdir(path):
+    arrays = _read_orbax_params(path)
+    return arrays, {k: k for k in arrays}
+  if path.endswith(".npz"):
+    raw, convert = read_bit_npz(path), _from_bit_name
+    to_array = lambda ours, v: _from_bit_array(  # noqa: E731
+        tuple(ours.split("/")), v)
+  elif path.endswith((".pth", ".pt", ".tar", ".bin")):
+    raw, convert = torch_format.load_state_dict(path), _from_torch_name
+    to_array = _from_torch_array
+  else:
+    raise errors.CheckpointMismatchError(
+        f"config.init.checkpoint={path!r}: unknown format; expected a workdir, "
+        "a .npz (BiT) or a .pth/.pth.tar (PyTorch BiT).")
+  arrays, file_names = {}, {}
+  for name, value in raw.items():
+    ours = convert(name)
+    arrays[ours or name] = to_array(ours, value) if ours else value
+    file_names[ours or name] = name
+  return arrays, file_names
 
-  params, missing, wrong_shape = {}, [], []
-  for key, spec in expected.items():
-    name = _bit_name(key)
-    if name not in arrays:
+
+def load_pretrained(path: str, params: Dict[str, Any],
+                    dont_load: Sequence[str] = ()
+                    ) -> Tuple[Dict[str, Any], Dict[str, List[str]]]:
+  """Returns `params` with every tensor taken from the checkpoint at `path`,
+  and a report {loaded, skipped (in the file, unused), initialised}.
+
+  The head keeps its fresh (zero) initialisation when its shape differs (a
+  new class count); names matching a `dont_load` regex stay fresh too. Any
+  other missing, unexpected or wrongly-shaped tensor is an error naming them.
+  """
+  arrays, file_names = read_pretrained(path)
+  flat = {"/".join(k): v for k, v in
+          traverse_util.flatten_dict(jax.device_get(params)).items()}
+  patterns = [re.compile(p) for p in dont_load]
+  report = {"loaded": [], "skipped": [], "initialised": []}
+  missing, wrong_shape, out = [], [], {}
+  for name, fresh in flat.items():
+    out[name] = fresh
+    if any(p.fullmatch(name) for p in patterns):
+      report["initialised"].append(name)
+    elif name.startswith("head/") and (
+        name not in arrays or arrays[name].shape != fresh.shape):
+      report["initialised"].append(name)  # No head, or another class count.
+    elif name not in arrays:
       missing.append(name)
-      continue
-    value = _from_bit_array(key, arrays[name])
-    if value.shape != spec.shape:
-      wrong_shape.append(f"{name}: file {value.shape}, {model_name} {spec.shape}")
-      continue
-    params[key] = value.astype(np.float32)
-  unexpected = sorted(set(arrays) - {_bit_name(k) for k in expected})
+    elif arrays[name].shape != fresh.shape:
+      wrong_shape.append(f"{file_names[name]}: file {arrays[name].shape}, "
+                         f"model {fresh.shape}")
+    else:
+      out[name] = np.asarray(arrays[name], fresh.dtype)
+      report["loaded"].append(name)
+  report["skipped"] = sorted(file_names[k] for k in set(arrays) - set(flat))
+  # An unused head is a replaced head; unused body tensors mean another model.
+  unexpected = [file_names[k] for k in set(arrays) - set(flat)
+                if k.startswith(("block", "root_block/", "norm_pre_head/"))]
   problems = []
   if wrong_shape:
     problems.append("wrong shape: " + "; ".join(wrong_shape[:10]))
   if missing:
     problems.append("missing: " + ", ".join(missing[:10]))
   if unexpected:
-    problems.append("not in the model: " + ", ".join(unexpected[:10]))
+    problems.append("not in the model: " + ", ".join(sorted(unexpected)[:10]))
   if problems:
     raise errors.CheckpointMismatchError(
-        f"{path} does not fit model {model_name} "
-        f"({len(wrong_shape)} wrong shapes, {len(missing)} missing, "
-        f"{len(unexpected)} unexpected tensors). " + " | ".join(problems) +
-        ". Check that the file is a BiT checkpoint of the same depth and width.")
-  return traverse_util.unflatten_dict(params)
+        f"{path} does not fit the model ({len(wrong_shape)} wrong shapes, "
+        f"{len(missing)} missing, {len(unexpected)} unexpected tensors). " +
+        " | ".join(problems) + ". Check config.model.name (depth and width) "
+        "and config.data.channels; config.init.dont_load lists tensors to "
+        "leave freshly initialised.")
+  return traverse_util.unflatten_dict(
+      {tuple(k.split("/")): v for k, v in out.items()}), report

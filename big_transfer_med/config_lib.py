@@ -15,6 +15,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "R50x1"
 
+  # Start from a pre-trained model (fine-tuning or continual pre-training):
+  # a workdir of ours (orbax), a BiT .npz or a PyTorch BiT model.pth.tar.
+  # A checkpoint in the run's own workdir (resume) always wins.
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = ""
+  c.init.dont_load = ()  # Regexes over names like 'head/kernel'.
+  # BiT-HyperRule fills every schedule, resolution and MixUp key left unset
+  # (None) from the training-set size and image size (see hyperrule.py).
+  c.hyperrule = False
+  c.mixup_alpha = config_dict.placeholder(float)  # None/0: no MixUp.
+
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist_local"  # Single-label TFDS data (no sources).
   c.data.data_dir = config_dict.placeholder(str)  # None: the TFDS default.
@@ -30,7 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.views = ("PA", "AP", "AP_SUPINE")  # Frontal views.
   c.data.weights = ()  # Mixing weights per source; () concatenates.
   c.data.crop_to_square = False
-  c.data.resolution = 224
+  c.data.resolution = config_dict.placeholder(int)  # Input (crop) size.
+  c.data.resize = config_dict.placeholder(int)  # 'bit' augment: resize first.
   c.data.channels = 3
   c.data.augment = "crop_flip"
   c.data.crop_padding = 4  # crop_flip: zero padding before the random crop.
@@ -40,6 +52,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_batch_size = config_dict.placeholder(int)  # None: batch_size.
   c.data.prefetch = 2
   c.data.num_threads = config_dict.placeholder(int)  # None: TF decides.
+  # Few-shot: k training examples per class (0: all), chosen by fewshot_seed
+  # (rule in pipeline.select_fewshot); the chosen ids go to the workdir.
+  c.data.examples_per_class = 0
+  c.data.fewshot_seed = 0
+  # Keep only images with exactly one positive label of label_set and train
+  # a softmax over it (PadChest-Cl).
+  c.data.exclusive = False
+
+  # Linear few-shot evaluation of frozen pre-logits (fewshot.py), at the end
+  # of the run and every `every_steps` (0: only at the end); off if no dataset.
+  c.fewshot = ml_collections.ConfigDict()
+  c.fewshot.dataset = ""  # A single-label TFDS dataset.
+  c.fewshot.classes = ()
+  c.fewshot.train_split = "train"
+  c.fewshot.eval_split = "test"
+  c.fewshot.shots = (1, 5, 10, 25)
+  c.fewshot.seeds = (0, 1, 2)
+  c.fewshot.l2_reg = 0.1
+  c.fewshot.every_steps = 0
 
   c.loss = "softmax_xent"
   c.batch_size = 256  # Global, over all devices and hosts.
@@ -62,6 +93,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 1e-4
   c.optim.agc_clipping = 0.01  # 0 or None disables AGC.
   c.optim.agc_eps = 1e-3
+
+  # Reported first in results.json and used by the study tables: accuracy,
+  # mean_auc, map or loss; '' = accuracy for single-label data, mean_auc for
+  # multi-label data (loss without eval_per_class).
+  c.primary_metric = ""
+  # Per-class ROC-AUC / average precision need every eval prediction on the
+  # host: switch off for huge label spaces (e.g. ImageNet-21k).
+  c.eval_per_class = True
 
   c.log_every_steps = 50
   c.eval_every_steps = 1000  # 0: evaluate only at the end.

@@ -52,8 +52,11 @@ def create_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0,
       raise errors.ConfigError(
           f"Decay boundaries {bad} lie outside [warmup {warmup_steps}, "
           f"total {total_steps}] steps.")
-    decay = optax.piecewise_constant_schedule(
-        peak_lr, {int(b) - warmup_steps: decay_factor for b in decay_boundaries})
+    scales = {}  # Repeated boundaries (a scaled-down schedule) multiply.
+    for b in decay_boundaries:
+      step = int(b) - warmup_steps
+      scales[step] = scales.get(step, 1.0) * decay_factor
+    decay = optax.piecewise_constant_schedule(peak_lr, scales)
   elif decay_type == "cosine":
     decay = optax.cosine_decay_schedule(peak_lr,
                                         max(total_steps - warmup_steps, 1))

@@ -7,7 +7,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import flax
 import jax
@@ -18,10 +18,15 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import jax_utils
+from jax.experimental import multihost_utils
 
+from big_transfer_med import checkpoints
 from big_transfer_med import errors
+from big_transfer_med import fewshot
+from big_transfer_med import hyperrule
 from big_transfer_med import losses
 from big_transfer_med import metric_io
+from big_transfer_med import metrics as metrics_lib
 from big_transfer_med import models
 from big_transfer_med import optim
 from input_pipeline import pipeline
@@ -29,6 +34,8 @@ from input_pipeline import pipeline
 AXIS = "batch"
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
+LABELS_FILE = "labels.json"
+FEWSHOT_FILE = "fewshot_examples.json"
 
 
 @flax.struct.dataclass
@@ -39,17 +46,21 @@ class TrainState:
   rng: jax.Array  # Base key; step keys are fold_in(rng, step).
 
 
+def unreplicate(tree):
+  """The first device's copy of a pmap-replicated tree, on the host (without
+  a device dispatch per tensor, unlike indexing)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
+
+
 def create_train_state(config, model, optimizer, image_shape) -> TrainState:
   """Initialises parameters (head zero) and optimiser state from config.seed."""
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
-
   @jax.jit
-  def init():
+  def init(rng):  # The seed is an argument: one executable for every seed.
+    init_rng, state_rng = jax.random.split(rng)
     params = model.init(init_rng, jnp.zeros((1,) + image_shape))["params"]
     return TrainState(step=jnp.zeros([], jnp.int32), params=params,
                       opt_state=optimizer.init(params), rng=state_rng)
-  return init()
+  return init(jax.random.PRNGKey(config.seed))
 
 
 def loss_mask(batch):
@@ -59,13 +70,27 @@ def loss_mask(batch):
   return batch["mask"]
 
 
+def mixup(rng, alpha: float, images, labels, mask):
+  """MixUp with one lambda ~ Beta(alpha, alpha) per step (the same on every
+  device); each example is mixed with its mirror in the per-device batch.
+  Soft labels work for softmax and sigmoid losses alike; a label counts only
+  where both mixed examples have it (mask product)."""
+  lam = jax.random.beta(rng, alpha, alpha)
+  mix = lambda x: lam * x + (1.0 - lam) * x[::-1]  # noqa: E731
+  return mix(images), mix(labels), mask * mask[::-1]
+
+
 def train_step(state: TrainState, batch, *, model, loss_fn, optimizer,
-               schedule):
+               schedule, mixup_alpha: float = 0.0):
   """One SGD step on this device's share of the global batch."""
+  images, labels, mask = batch["image"], batch["labels"], loss_mask(batch)
+  if mixup_alpha:
+    rng = jax.random.fold_in(state.rng, state.step)
+    images, labels, mask = mixup(rng, mixup_alpha, images, labels, mask)
 
   def loss_of(params):
-    logits = model.apply({"params": params}, batch["image"])
-    total, count = loss_fn(logits, batch["labels"], loss_mask(batch))
+    logits = model.apply({"params": params}, images)
+    total, count = loss_fn(logits, labels, mask)
     return total, count
 
   (total, count), grads = jax.value_and_grad(loss_of, has_aux=True)(
@@ -86,8 +111,10 @@ def train_step(state: TrainState, batch, *, model, loss_fn, optimizer,
   return new_state, metrics
 
 
-def eval_step(params, batch, *, model, loss_fn, multi_label: bool):
-  """Sums of loss and correct predictions over this device's valid examples."""
+def eval_step(params, batch, *, model, loss_fn, multi_label: bool,
+              per_class: bool):
+  """Sums of loss and correct predictions over this device's valid examples
+  (psummed), and with `per_class` its scores, labels and masks."""
   logits = model.apply({"params": params}, batch["image"])
   mask = batch["mask"]
   total, count = loss_fn(logits, batch["labels"], loss_mask(batch))
@@ -95,21 +122,53 @@ def eval_step(params, batch, *, model, loss_fn, multi_label: bool):
   if not multi_label:
     correct = jnp.argmax(logits, -1) == jnp.argmax(batch["labels"], -1)
     sums["correct"] = jnp.sum(correct * mask)
-  return jax.lax.psum(sums, AXIS)
+  out = {"sums": jax.lax.psum(sums, AXIS)}
+  if per_class:
+    scores = jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits)
+    out["outputs"] = {"scores": scores, "labels": batch["labels"],
+                      "label_mask": batch.get("label_mask",
+                                              jnp.ones_like(scores)),
+                      "mask": mask}
+  return out
 
 
-def evaluate(p_eval_step, params, batches) -> Dict[str, float]:
-  """Runs one pass; every example counts exactly once (padding is masked)."""
-  totals = None
+def evaluate(p_eval_step, params, batches, multi_label: bool = False,
+             label_names=None) -> Dict[str, Any]:
+  """Runs one pass; every example counts exactly once (padding is masked),
+  whatever the device and host count."""
+  totals, outputs = None, []
   for batch in batches:
-    sums = jax.tree.map(lambda x: x[0], p_eval_step(params, batch))
+    out = p_eval_step(params, batch)
+    sums = unreplicate(out["sums"])
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if "outputs" in out:
+      outputs.append(jax.tree.map(
+          lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]),
+          jax.device_get(out["outputs"])))
   totals = jax.device_get(totals)
   result = {"loss": totals["loss"] / max(totals["loss_count"], 1),
             "examples": totals["examples"]}
   if "correct" in totals:
     result["accuracy"] = totals["correct"] / max(totals["examples"], 1)
-  return {k: float(v) for k, v in result.items()}
+  result = {k: float(v) for k, v in result.items()}
+  if outputs:
+    outputs = {k: np.concatenate([o[k] for o in outputs])
+               for k in outputs[0]}
+    if jax.process_count() > 1:
+      outputs = multihost_utils.process_allgather(outputs, tiled=True)
+    valid = outputs["mask"] > 0
+    per_class = metrics_lib.classification_metrics(
+        outputs["scores"][valid], outputs["labels"][valid],
+        outputs["label_mask"][valid], multi_label, label_names)
+    per_class.pop("accuracy", None)  # Exact already, from the sums.
+    result.update(per_class)
+  return result
+
+
+def scalars_of(results: Dict[str, Any], prefix: str) -> Dict[str, float]:
+  """The scalar entries of `results`, for metric writers."""
+  return {f"{prefix}{k}": v for k, v in results.items()
+          if isinstance(v, (int, float))}
 
 
 def _write_json(path: str, obj) -> None:
@@ -144,10 +203,12 @@ class CheckpointStore:
     restored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
     return flax.serialization.from_state_dict(template, restored)
 
+  def due(self, step: int) -> bool:
+    """Whether `step` is a multiple of checkpoint.every_steps."""
+    return bool(self._every and step % self._every == 0)
+
   def save(self, step: int, state: TrainState, force: bool = False) -> bool:
-    """Saves if `step` is a multiple of checkpoint.every_steps (or `force`)."""
-    if not (force or (self._every and step % self._every == 0)):
-      return False
+    """Saves `state` (unreplicated) at `step`."""
     tree = flax.serialization.to_state_dict(jax.device_get(state))
     return self._manager.save(step, args=ocp.args.StandardSave(tree),
                               force=force)
@@ -157,41 +218,100 @@ class CheckpointStore:
     self._manager.close()
 
 
+def replicate(tree):
+  """Copies `tree` to every local device with the sharding pmap outputs have,
+  so the train step is compiled once (not again at step 2)."""
+  return jax.pmap(lambda x: x)(jax_utils.replicate(tree))
+
+
+def _initialise_from(config, state: TrainState, optimizer
+                     ) -> Tuple[TrainState, Dict[str, List[str]]]:
+  """Loads config.init.checkpoint into a fresh state; returns it and the
+  report of loaded / skipped / initialised tensors."""
+  params, report = checkpoints.load_pretrained(
+      config.init.checkpoint, state.params, tuple(config.init.dont_load))
+  logging.info("Initialised from %s: %d tensors loaded, %d initialised (%s), "
+               "%d in the file skipped (%s).", config.init.checkpoint,
+               len(report["loaded"]), len(report["initialised"]),
+               ", ".join(report["initialised"]) or "-", len(report["skipped"]),
+               ", ".join(report["skipped"][:10]) or "-")
+  return state.replace(params=params, opt_state=optimizer.init(params)), report
+
+
+def _resolve_config(config, data) -> ml_collections.ConfigDict:
+  """Applies BiT-HyperRule (if asked) and checks what it leaves."""
+  config = hyperrule.apply(config, len(data.train), data.image_size)
+  if not config.data.resolution:
+    raise errors.ConfigError("config.data.resolution is unset: set it, or "
+                             "set config.hyperrule=True to derive it.")
+  losses.get_loss(config.loss)  # Fails naming the choices.
+  metrics = ["loss"] + ([] if data.multi_label else ["accuracy"]) + (
+      ["mean_auc", "map"] if config.eval_per_class else [])
+  if not config.primary_metric:
+    config.primary_metric = (
+        "accuracy" if not data.multi_label else
+        "mean_auc" if config.eval_per_class else "loss")
+  if config.primary_metric not in metrics:
+    raise errors.ConfigError(
+        f"config.primary_metric={config.primary_metric!r}: this run reports "
+        f"{metrics}.")
+  if data.multi_label != (config.loss == "sigmoid_xent"):
+    raise errors.ConfigError(
+        f"config.loss={config.loss!r} does not fit "
+        f"{'multi' if data.multi_label else 'single'}-label data: use "
+        f"{'sigmoid_xent' if data.multi_label else 'softmax_xent'}.")
+  return config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, Any]:
   """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
 
-  Returns the final evaluation metrics, also written to results.json.
+  Returns the final summary, also written to results.json.
   """
   is_chief = jax.process_index() == 0
   num_devices = jax.local_device_count()
   data = pipeline.Pipeline(config, host_id=jax.process_index(),
                            num_hosts=jax.process_count(),
                            num_local_devices=num_devices)
+  config = data.config = _resolve_config(config, data)
   steps_per_epoch = len(data.train) / config.batch_size
   optimizer, schedule, total_steps = optim.from_config(config, steps_per_epoch)
   loss_fn = losses.get_loss(config.loss)
   multi_label = data.multi_label
-  if multi_label != (config.loss == "sigmoid_xent"):
-    raise errors.ConfigError(
-        f"config.loss={config.loss!r} does not fit "
-        f"{'multi' if multi_label else 'single'}-label data: use "
-        f"{'sigmoid_xent' if multi_label else 'softmax_xent'}.")
   model = models.get_model(config.model.name, data.num_classes)
   image_shape = (config.data.resolution, config.data.resolution,
                  config.data.channels)
+  fewshot_evaluator = fewshot.from_config(config, model)
   logging.info("Model %s, %d classes, input %s; %d training examples "
                "(%.1f steps/epoch), %d steps; %d devices on %d hosts.",
                config.model.name, data.num_classes, image_shape,
                len(data.train), steps_per_epoch, total_steps,
                jax.device_count(), jax.process_count())
 
-  # Only now that config and data are known to be good, touch the workdir.
+  state = create_train_state(config, model, optimizer, image_shape)
+  resuming = os.path.isdir(os.path.join(workdir, "checkpoints"))
+  store = CheckpointStore(workdir, config) if resuming else None
+  init_report = None
+  if store is None or store.latest_step() is None:
+    if config.init.checkpoint:
+      # Before anything is written: a checkpoint that does not fit fails here.
+      state, init_report = _initialise_from(config, state, optimizer)
+
+  # Only now that config, data and weights are known to be good, touch the
+  # workdir.
   os.makedirs(workdir, exist_ok=True)
+  store = store or CheckpointStore(workdir, config)
   if is_chief:
     _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
-  state = create_train_state(config, model, optimizer, image_shape)
-  store = CheckpointStore(workdir, config)
+    _write_json(os.path.join(workdir, LABELS_FILE),
+                {"label_names": data.label_names, "multi_label": multi_label})
+    if data.fewshot_positions is not None:
+      _write_json(os.path.join(workdir, FEWSHOT_FILE), {
+          "examples_per_class": config.data.examples_per_class,
+          "fewshot_seed": config.data.fewshot_seed,
+          "split": config.data.train_split, "records": data.fewshot_records,
+          "ids": data.fewshot_ids, "positives_per_label": data.fewshot_counts})
   if store.latest_step() is not None:
     state = store.restore(state)
     logging.info("Resumed from the checkpoint at step %d.", int(state.step))
@@ -201,19 +321,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   p_train_step = jax.pmap(
       functools.partial(train_step, model=model, loss_fn=loss_fn,
-                        optimizer=optimizer, schedule=schedule),
+                        optimizer=optimizer, schedule=schedule,
+                        mixup_alpha=config.mixup_alpha or 0.0),
       axis_name=AXIS, donate_argnums=(0,))
   p_eval_step = jax.pmap(
       functools.partial(eval_step, model=model, loss_fn=loss_fn,
-                        multi_label=multi_label), axis_name=AXIS)
+                        multi_label=multi_label,
+                        per_class=config.eval_per_class), axis_name=AXIS)
   run_eval = lambda params: evaluate(  # noqa: E731
       p_eval_step, params,
-      jax_utils.prefetch_to_device(data.eval_iterator(), 2))
+      jax_utils.prefetch_to_device(data.eval_iterator(), 2), multi_label,
+      data.label_names)
 
   writer = metric_io.create_writer(workdir, start_step)
   if start_step == 0 and is_chief:
     writer.write_hparams(config.to_dict())
-  state = jax_utils.replicate(state)
+  state = replicate(state)
   batches = jax_utils.prefetch_to_device(data.train_iterator(start_step), 2)
   images_per_step = config.batch_size
   last_time, last_step = time.time(), start_step
@@ -242,27 +365,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           "ETA %s", step, total_steps, means["train_loss"],
           means["learning_rate"], steps_per_sec, means["images_per_sec"],
           _format_duration((total_steps - step) / max(steps_per_sec, 1e-9)))
-    if (config.eval_every_steps and step % config.eval_every_steps == 0
-        and step != total_steps):
+    if step != total_steps and (
+        config.eval_every_steps and step % config.eval_every_steps == 0):
       results = run_eval(state.params)
-      scalars.update({f"eval_{k}": v for k, v in results.items()})
-      logging.info("step %d: eval %s", step, results)
+      scalars.update(scalars_of(results, "eval_"))
+      logging.info("step %d: eval %s", step, scalars_of(results, ""))
       last_time = time.time()  # Evaluation time is not training speed.
+    if step != total_steps and fewshot_evaluator and (
+        config.fewshot.every_steps and step % config.fewshot.every_steps == 0):
+      scalars.update(fewshot_evaluator.run(state.params))
+      last_time = time.time()
     if scalars:
       writer.write_scalars(step, scalars)
-    if store.save(step, jax_utils.unreplicate(state),
-                  force=step == total_steps):
-      logging.info("Saved a checkpoint at step %d.", step)
+    # Unreplicating costs a dispatch per tensor: only when saving.
+    if store.due(step) or step == total_steps:
+      if store.save(step, unreplicate(state),
+                    force=step == total_steps):
+        logging.info("Saved a checkpoint at step %d.", step)
 
   results = run_eval(state.params)
-  writer.write_scalars(total_steps, {f"final_{k}": v for k, v in results.items()})
+  final_scalars = scalars_of(results, "final_")
+  fewshot_results = (fewshot_evaluator.run(state.params)
+                     if fewshot_evaluator else {})
+  final_scalars.update(fewshot_results)
+  writer.write_scalars(total_steps, final_scalars)
   writer.flush()
   store.close()
   logging.info("Final evaluation on %s[%s] after %d steps: %s",
-               config.data.name, config.data.eval_split, total_steps, results)
-  summary = {"metrics": results, "step": total_steps,
-             "data": config.data.name, "eval_split": config.data.eval_split,
-             "model": config.model.name, "seed": config.seed}
+               config.data.name, config.data.eval_split, total_steps,
+               scalars_of(results, ""))
+  target = ("+".join(config.data.sources) + f":{config.data.label_set}"
+            if config.data.sources else config.data.name)
+  if config.data.classes:
+    target += ":" + "_".join(map(str, config.data.classes))
+  if config.data.exclusive:
+    target += ":exclusive"
+  summary = {
+      "primary_metric": config.primary_metric, "target": target,
+      "metrics": results, "fewshot": fewshot_results, "step": total_steps,
+      "data": ("+".join(config.data.sources) if config.data.sources
+               else config.data.name),
+      "label_set": config.data.label_set if config.data.sources else None,
+      "eval_split": config.data.eval_split, "model": config.model.name,
+      "seed": config.seed, "init_checkpoint": config.init.checkpoint or None,
+      "examples_per_class": config.data.examples_per_class or None,
+      "fewshot_seed": (config.data.fewshot_seed
+                       if config.data.examples_per_class else None),
+      "train_examples": len(data.train), "label_names": data.label_names,
+  }
+  if init_report is not None:
+    summary["init"] = {k: len(v) for k, v in init_report.items()}
+    summary["init"]["initialised_names"] = init_report["initialised"]
   if is_chief:
     _write_json(os.path.join(workdir, RESULTS_FILE), summary)
   return summary

@@ -76,6 +76,9 @@ PADCHEST_TERMS = {
 LABEL_SETS: Dict[str, Sequence[str]] = {
     "common7": ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
                 "Effusion", "Pneumonia", "Pneumothorax"),
+    # The CheXpert competition's 5 findings (mean AUC of the transfer papers).
+    "chexpert5": ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
+                  "Effusion"),
     "chexpert13": tuple(SYNONYMS.get(c, c) for c in CHEXPERT_COLUMNS[1:]),
     "nih14": tuple(SYNONYMS.get(c, c) for c in NIH_LABELS),
     "padchest27": PADCHEST_FINDINGS,
@@ -144,23 +147,25 @@ class Harmonizer:
     self.missing = missing
 
   def __call__(self, values, rng=None):
-    """Returns (labels, mask), both float32 [len(label set)].
+    """Returns (labels, mask), both float32 [..., len(label set)], for label
+    vectors `values` [..., source labels] (one or a batch).
 
     `rng` ([2] int seed) is needed only by the lsr_* policies.
     """
     values = tf.convert_to_tensor(values, tf.float32)
     if self.no_finding_column is not None:
       # The seed's rule: No Finding = 1 makes every unmentioned finding negative.
-      no_finding = tf.equal(values[self.no_finding_column], 1.0)
+      no_finding = tf.equal(values[..., self.no_finding_column:
+                                   self.no_finding_column + 1], 1.0)
       values = tf.where(no_finding & tf.math.is_nan(values), 0.0, values)
     annotated = tf.constant(self.columns >= 0)
-    picked = tf.gather(values, np.maximum(self.columns, 0))
+    picked = tf.gather(values, np.maximum(self.columns, 0), axis=-1)
     picked = tf.where(annotated, picked, tf.constant(np.nan, tf.float32))
     mentioned = tf.logical_not(tf.math.is_nan(picked))
     uncertain = tf.equal(picked, -1.0)
     labels = tf.where(mentioned, picked, 0.0)
-    mask = tf.cast(mentioned, tf.float32) if self.missing == "mask" else (
-        tf.cast(annotated, tf.float32))
+    mask = tf.cast(mentioned if self.missing == "mask" else
+                   tf.broadcast_to(annotated, tf.shape(picked)), tf.float32)
     if self.uncertain == "ignore":
       mask = tf.where(uncertain, 0.0, mask)
     elif self.uncertain in ("zeros", "ones"):

@@ -8,11 +8,14 @@ slice of every global batch. Hence:
   * the global batch is the same whatever the host and device count;
   * augmentation draws stateless random numbers seeded by (seed, p).
 """
+import copy
 import dataclasses
 import functools
+import os
 from typing import Dict, Iterator, Optional, Sequence
 
 import ml_collections
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -23,6 +26,8 @@ from input_pipeline import labels as labels_lib
 from input_pipeline import preprocessing
 
 _READ_CHUNK = 256  # Records fetched per random-access call.
+# Features that name an example, in order of preference.
+ID_FEATURES = ("source_path", "id", "image/filename", "file_name", "image_id")
 
 
 class DatasetNotFoundError(errors.DataError, FileNotFoundError):
@@ -36,6 +41,12 @@ def load_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DatasetNotFoundError(
         f"config.data.name={name!r} is not a known TFDS dataset ({e}).") from e
+  except ValueError as e:
+    # Our builders default to ArrayRecord; TFDS refuses that default when the
+    # prepared copy on disk was written in another format.
+    if "File format is already set" not in str(e):
+      raise
+    raise _needs_array_record(name, data_dir, str(e)) from e
   if not builder.is_prepared():
     instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) or ""
     raise DatasetNotFoundError(
@@ -47,8 +58,25 @@ def load_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder
   return builder
 
 
+def _needs_array_record(name: str, data_dir: Optional[str],
+                        found: str) -> DatasetNotFoundError:
+  root = data_dir or "~/tensorflow_datasets"
+  return DatasetNotFoundError(
+      f"Dataset {name!r} is not stored as ArrayRecord ({found}); the trainer "
+      "reads examples by index and needs it. TFDS cannot convert in place: "
+      f"move {root}/{name} away, then rebuild it:\n  tfds build "
+      f"--imports=input_pipeline.datasets {name} --file_format=array_record "
+      f"--data_dir={root} [--manual_dir=DIR]")
+
+
 def _open_split(builder: tfds.core.DatasetBuilder, split: str):
   """Random-access source of `split`, images left encoded."""
+  file_format = builder.info.file_format
+  if file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    raise _needs_array_record(
+        builder.name, builder.data_dir_root,
+        f"stored as {getattr(file_format, 'value', file_format)} in "
+        f"{builder.data_dir}")
   try:
     return builder.as_data_source(
         split, decoders={"image": tfds.decode.SkipDecoding()})
@@ -59,13 +87,26 @@ def _open_split(builder: tfds.core.DatasetBuilder, split: str):
         f"config.data.*_split. ({e})") from e
 
 
+# (dataset dir, split, field) -> column: a process that runs many jobs on
+# one dataset (a study) reads each column once.
+_COLUMNS: Dict[tuple, np.ndarray] = {}
+
+
 def _read_field(data, field: str) -> np.ndarray:
   """One field of every record, read in chunks (images are not decoded)."""
+  key = (getattr(data, "dataset_info", None) and
+         os.fspath(data.dataset_info.data_dir), str(getattr(data, "split", "")),
+         field)
+  if key[0] and key in _COLUMNS:
+    return _COLUMNS[key]
   values = []
   for start in range(0, len(data), _READ_CHUNK * 16):
     stop = min(start + _READ_CHUNK * 16, len(data))
     values.extend(r[field] for r in data.__getitems__(list(range(start, stop))))
-  return np.array(values)
+  column = np.array(values)
+  if key[0]:
+    _COLUMNS[key] = column
+  return column
 
 
 class Source:
@@ -84,6 +125,26 @@ class Source:
   def label_vector(self, record) -> np.ndarray:
     raise NotImplementedError
 
+  def label_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, label mask), [len(self), classes], of the selected records."""
+    raise NotImplementedError
+
+  def example_ids(self, positions: np.ndarray) -> list[str]:
+    """A stable id per example: its id/path feature, else its record index."""
+    features = self.builder.info.features
+    key = next((k for k in ID_FEATURES if k in features), None)
+    records = self.indices[positions]
+    if key is None:
+      return [f"{self.split}[{i}]" for i in records.tolist()]
+    return [r[key].decode() if isinstance(r[key], bytes) else str(r[key])
+            for r in self._data.__getitems__(records.tolist())]
+
+  def subset(self, positions: np.ndarray) -> "Source":
+    """A copy that reads only the examples at `positions` (in that order)."""
+    out = copy.copy(self)
+    out.indices = self.indices[positions]
+    return out
+
   def read(self, positions: np.ndarray):
     """Yields (image bytes, float32 label vector) at `positions` (in order)."""
     for record in self._data.__getitems__(self.indices[positions].tolist()):
@@ -99,28 +160,43 @@ class ClassificationSource(Source):
     label_feature = builder.info.features["label"]
     self.label_names = list(label_feature.names)
     self._label_map = np.arange(label_feature.num_classes)
+    self._all_labels = None  # Read on demand: it costs a pass over the split.
     if classes:
       bad = [c for c in classes if not 0 <= c < label_feature.num_classes]
       if bad:
         raise errors.ConfigError(
             f"config.data.classes has {bad}, outside 0.."
             f"{label_feature.num_classes - 1} of {builder.name}.")
-      labels = _read_field(self._data, "label")
-      self.indices = np.flatnonzero(np.isin(labels, classes))
+      self.indices = np.flatnonzero(np.isin(self._labels(), classes))
       self._label_map = np.full(label_feature.num_classes, -1)
       self._label_map[list(classes)] = np.arange(len(classes))
       self.label_names = [self.label_names[c] for c in classes]
     self._one_hot = np.eye(len(self.label_names), dtype=np.float32)
 
+  def _labels(self) -> np.ndarray:
+    if self._all_labels is None:
+      self._all_labels = _read_field(self._data, "label")
+    return self._all_labels
+
   def label_vector(self, record) -> np.ndarray:
     return self._one_hot[self._label_map[record["label"]]]
 
+  def label_matrix(self):
+    labels = self._one_hot[self._label_map[self._labels()[self.indices]]]
+    return labels, np.ones_like(labels)
+
 
 class CxrSource(Source):
-  """A chest X-ray split (multi-label, dataset label order), filtered by view."""
+  """A chest X-ray split (multi-label, dataset label order), filtered by view.
 
-  def __init__(self, builder, split: str, views: Sequence[str]):
+  With `exclusive`, only images with exactly one positive finding of the
+  harmonizer's label set are kept (PadChest-Cl and the like).
+  """
+
+  def __init__(self, builder, split: str, views: Sequence[str],
+               harmonizer: labels_lib.Harmonizer, exclusive: bool = False):
     super().__init__(builder, split)
+    self.harmonizer = harmonizer
     self.label_names = list(builder.info.metadata["label_names"])
     view_names = builder.info.features["view"].names
     unknown = [v for v in views if v not in view_names]
@@ -131,9 +207,18 @@ class CxrSource(Source):
       keep = [view_names.index(v) for v in views]
       self.indices = np.flatnonzero(
           np.isin(_read_field(self._data, "view"), keep))
+    if exclusive:
+      labels, mask = self.label_matrix()
+      self.indices = self.indices[
+          np.sum((labels > 0.5) & (mask > 0), axis=1) == 1]
 
   def label_vector(self, record) -> np.ndarray:
     return np.asarray(record["labels"], np.float32)
+
+  def label_matrix(self):
+    raw = _read_field(self._data, "labels")[self.indices]
+    labels, mask = self.harmonizer(raw.reshape(len(raw), -1))
+    return labels.numpy(), mask.numpy()
 
 
 class MixedSource:
@@ -178,6 +263,34 @@ def weighted_indices(positions: np.ndarray, sizes: np.ndarray,
     j = rng.choice(len(sizes), p=probabilities)
     out[i] = offsets[j] + rng.integers(sizes[j])
   return out
+
+
+def select_fewshot(labels: np.ndarray, label_mask: np.ndarray, k: int,
+                   seed: int) -> np.ndarray:
+  """Positions of a class-balanced few-shot subset, in increasing order.
+
+  Rule (single- and multi-label alike): visit the examples in the order of a
+  permutation seeded by `seed`; keep an example if one of its positive labels
+  (label > 0.5, not masked) still has fewer than k kept positives, or if it
+  has no positive label and fewer than k such 'all negative' examples are
+  kept. Single-label data thus get exactly k per class (fewer only where a
+  class has fewer); in multi-label data every label gets at least k
+  positives where possible (co-occurring labels can get more), plus k
+  examples without findings.
+  """
+  positive = (labels > 0.5) & (label_mask > 0)
+  counts = np.zeros(labels.shape[1] + 1, np.int64)  # Last: all negative.
+  chosen = []
+  for position in np.random.default_rng(seed).permutation(len(labels)):
+    classes = np.flatnonzero(positive[position])
+    if not len(classes):
+      classes = np.array([labels.shape[1]])
+    if np.any(counts[classes] < k):
+      counts[classes] += 1
+      chosen.append(position)
+      if np.all(counts >= k):
+        break
+  return np.sort(np.array(chosen, np.int64))
 
 
 def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -247,12 +360,16 @@ class Pipeline:
                                  f"expected some of {sorted(CXR_SOURCES)}.")
       builders = [load_builder(f"{CXR_SOURCES[s]}/{c.builder_config}",
                                c.data_dir) for s in c.sources]
-      make = lambda split: MixedSource(  # noqa: E731
-          [CxrSource(b, split, tuple(c.views)) for b in builders])
       self.harmonizers = [
           labels_lib.Harmonizer(b.info.metadata["label_names"], c.label_set,
                                 c.uncertain, c.missing) for b in builders]
+      make = lambda split: MixedSource([  # noqa: E731
+          CxrSource(b, split, tuple(c.views), h, c.exclusive)
+          for b, h in zip(builders, self.harmonizers)])
     else:
+      if c.exclusive:
+        raise errors.ConfigError("config.data.exclusive needs chest X-ray "
+                                 "config.data.sources.")
       builder = load_builder(c.name, c.data_dir)
       make = lambda split: MixedSource(  # noqa: E731
           [ClassificationSource(builder, split, tuple(c.classes))])
@@ -260,12 +377,37 @@ class Pipeline:
     self.train, self.eval = make(c.train_split), make(c.eval_split)
     self.label_names = (list(self.harmonizers[0].names) if self.harmonizers
                         else self.train.sources[0].label_names)
-    self.multi_label = self.harmonizers is not None
+    # Exclusive data are single-label: a softmax over the label set.
+    self.multi_label = self.harmonizers is not None and not c.exclusive
     self.num_classes = len(self.label_names)
+    self.image_size = tuple(self.train.sources[0].image_feature.shape[:2])
     if c.weights and len(c.weights) != len(self.train.sources):
       raise errors.ConfigError(
           f"config.data.weights has {len(c.weights)} entries for "
           f"{len(self.train.sources)} sources.")
+    self.fewshot_positions = None
+    if c.examples_per_class:
+      self._select_fewshot(c.examples_per_class, c.fewshot_seed)
+
+  def _select_fewshot(self, k: int, seed: int) -> None:
+    if len(self.train.sources) != 1:
+      raise errors.ConfigError(
+          "config.data.examples_per_class needs a single training source "
+          f"(got {len(self.train.sources)}).")
+    source = self.train.sources[0]
+    labels, mask = source.label_matrix()
+    self.fewshot_positions = select_fewshot(labels, mask, k, seed)
+    positives = ((labels > 0.5) & (mask > 0))[self.fewshot_positions]
+    self.fewshot_counts = dict(zip(self.label_names,
+                                   np.sum(positives, 0).tolist()))
+    short = [n for n, count in self.fewshot_counts.items() if count < k]
+    if short:
+      logging.warning("Few-shot: fewer than %d examples of %s in %s[%s].", k,
+                      short, source.builder.name, source.split)
+    self.fewshot_ids = source.example_ids(self.fewshot_positions)
+    self.fewshot_records = source.indices[self.fewshot_positions].tolist()
+    source.indices = source.indices[self.fewshot_positions]
+    self.train = MixedSource([source])
 
   def _dataset(self, source: MixedSource, batches, train: bool, per_host: int
                ) -> tf.data.Dataset:
@@ -351,8 +493,14 @@ class Pipeline:
 
   def eval_iterator(self) -> Iterator[Dict[str, np.ndarray]]:
     """One pass over the eval split; padded examples have mask 0."""
+    return self.ordered_iterator(self.eval)
+
+  def ordered_iterator(self, source: MixedSource
+                       ) -> Iterator[Dict[str, np.ndarray]]:
+    """One pass over `source` in order, without augmentation; the last batch
+    is padded and its padding has mask 0."""
     batch = self.eval_batch_size()
-    positions = eval_positions(len(self.eval), batch, self.host_id,
+    positions = eval_positions(len(source), batch, self.host_id,
                                self.num_hosts)
-    ds = self._dataset(self.eval, positions, False, self._per_host(batch))
+    ds = self._dataset(source, positions, False, self._per_host(batch))
     return ds.as_numpy_iterator()

@@ -10,7 +10,9 @@ import tensorflow as tf
 
 from big_transfer_med import errors
 
-AUGMENTATIONS = ("none", "flip", "crop_flip", "cxr")
+# crop_flip: zero-pad, random crop back, flip; cxr: the seed's affine + flip;
+# bit: resize to data.resize, random crop to data.resolution, flip (HyperRule).
+AUGMENTATIONS = ("none", "flip", "crop_flip", "cxr", "bit")
 
 
 def to_unit_range(image: tf.Tensor) -> tf.Tensor:
@@ -82,15 +84,29 @@ def preprocess(image: tf.Tensor, config: ml_collections.ConfigDict,
                              f"expected one of {AUGMENTATIONS}.")
   if config.crop_to_square:
     image = center_crop_to_square(image)
-  image = resize(image, config.resolution)
-  if train and config.augment == "cxr":
+  augment = config.augment if train else "none"
+  if augment == "bit":
+    if not config.resize or config.resize < config.resolution:
+      raise errors.ConfigError(
+          f"config.data.augment='bit' needs config.data.resize "
+          f"({config.resize}) >= config.data.resolution ({config.resolution}).")
+    crop_rng, flip_rng = tf.unstack(
+        tf.random.experimental.stateless_split(rng, 2))
+    image = resize(image, config.resize)
+    image = tf.image.stateless_random_crop(
+        image, [config.resolution, config.resolution, tf.shape(image)[-1]],
+        seed=crop_rng)
+    image = random_crop_flip(image, 0, flip=True, rng=flip_rng)
+  else:
+    image = resize(image, config.resolution)
+  if augment == "cxr":
     affine_rng, flip_rng = tf.unstack(
         tf.random.experimental.stateless_split(rng, 2))
     image = random_affine(image, affine_rng, config.shift, config.scale,
                           config.rotation)
     image = random_crop_flip(image, 0, flip=True, rng=flip_rng)
-  elif train and config.augment != "none":
-    padding = config.crop_padding if config.augment == "crop_flip" else 0
+  elif augment in ("flip", "crop_flip"):
+    padding = config.crop_padding if augment == "crop_flip" else 0
     image = random_crop_flip(image, padding, flip=True, rng=rng)
   image = image * 2.0 - 1.0
   channels = image.shape[-1]

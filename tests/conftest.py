@@ -3,6 +3,11 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Many tests compile the same tiny train step: share XLA's executables between
+# tests and test processes (keyed by program and versions; never stale).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache",
+    "jax_tests"))
 
 import pytest  # noqa: E402
 
@@ -32,10 +37,11 @@ CXR_TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
 
 @pytest.fixture(scope="session")
 def tiny_cxr_data_dir(tmp_path_factory):
-  """A TFDS data_dir with the four chest X-ray builders built from testdata/."""
+  """A TFDS data_dir with our chest X-ray builders built from testdata/."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path_factory.mktemp("tfds_cxr"))
-  for name in ("cxr_chexpert", "cxr_mimic", "cxr_nih14", "cxr_padchest"):
+  for name in ("cxr_chexpert", "cxr_mimic", "cxr_nih14", "cxr_padchest",
+               "cxr_tuberculosis", "cxr_covidx"):
     tfds.builder(name, data_dir=data_dir).download_and_prepare(
         download_config=tfds.download.DownloadConfig(
             manual_dir=os.path.join(CXR_TESTDATA, name)))

@@ -185,7 +185,53 @@ def make_padchest(root):
           radiograph(40, 44, seed=40 + i, dtype=np.uint16))
 
 
+def make_tuberculosis(root):
+  # Shenzhen: 4 normal (one truncated) + 3 TB, one stored as RGB as some
+  # real files are; Montgomery: 2 + 2. Plus the non-image files of the sets.
+  files = ([f"ChinaSet_AllFiles/CXR_png/CHNCXR_{i:04d}_0.png" for i in (1, 2, 3, 4)]
+           + [f"ChinaSet_AllFiles/CXR_png/CHNCXR_{i:04d}_1.png" for i in (327, 328, 329)]
+           + [f"MontgomerySet/CXR_png/MCUCXR_{i:04d}_0.png" for i in (1, 2)]
+           + [f"MontgomerySet/CXR_png/MCUCXR_{i:04d}_1.png" for i in (104, 108)])
+  for i, name in enumerate(files):
+    image = radiograph(36, 40, seed=60 + i)
+    if i == 5:
+      image = np.repeat(image[..., None], 3, axis=-1)
+    write(os.path.join(root, name), image)
+  with open(os.path.join(root, files[3]), "r+b") as f:
+    f.truncate(60)  # Truncated: skipped and counted.
+  with open(os.path.join(root, "ChinaSet_AllFiles/CXR_png/Thumbs.db"), "wb") as f:
+    f.write(b"\0" * 16)
+  os.makedirs(os.path.join(root, "MontgomerySet/ClinicalReadings"), exist_ok=True)
+  with open(os.path.join(root, "MontgomerySet/ClinicalReadings/MCUCXR_0001_0.txt"), "w") as f:
+    f.write("Patient's Sex: F\nPatient's Age: 040Y\nnormal\n")
+
+
+def make_covidx(root):
+  train = ["3 SARS-10.1148rg.242035193-g04mr34g0-Fig8a-day0.jpeg positive cohen",
+           "ANON25 COVID-19(100).png positive sirm",
+           "8a6e8d2c 8a6e8d2c-2fe1-4f6c-a5b3-2b4c5b9a0c1f.png negative rsna",
+           "1c2d3e4f 1c2d3e4f-aaaa-bbbb-cccc-000000000001.png negative rsna",
+           "p77 MIDRC-RICORD-1C-SITE2-000216-28183-0.png positive ricord"]
+  test = ["419639-003251 MIDRC-RICORD-1C-419639-003251-46647-0.png positive ricord",
+          "0a2b3c4d 0a2b3c4d-1111-2222-3333-444455556666.png negative rsna",
+          "0f0e0d0c 0f0e0d0c-1111-2222-3333-444455556666.png negative rsna"]
+  os.makedirs(root, exist_ok=True)
+  for split, rows in (("train", train), ("test", test)):
+    with open(os.path.join(root, f"{split}.txt"), "w") as f:
+      f.write("\n".join(rows) + "\n")
+    for i, row in enumerate(rows):
+      name = " ".join(row.split()[1:-2])
+      image = radiograph(44, 38, seed=80 + i + 10 * (split == "test"))
+      if name.endswith(".jpeg"):
+        write(os.path.join(root, split, name),
+              np.repeat(image[..., None], 3, axis=-1), quality=95)
+      else:
+        write(os.path.join(root, split, name), image)
+
+
 if __name__ == "__main__":
   for name, make in (("cxr_chexpert", make_chexpert), ("cxr_nih14", make_nih),
-                     ("cxr_mimic", make_mimic), ("cxr_padchest", make_padchest)):
+                     ("cxr_mimic", make_mimic), ("cxr_padchest", make_padchest),
+                     ("cxr_tuberculosis", make_tuberculosis),
+                     ("cxr_covidx", make_covidx)):
     make(os.path.join(TESTDATA, name))

@@ -20,6 +20,17 @@ def _params(name="R26x1", num_classes=10, seed=0):
       tree, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
 
 
+def _zeros(name="R26x1", num_classes=10, channels=3):
+  model = models.get_model(name, num_classes)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 32, 32, channels)))["params"]
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+
+
+def _load(path, name="R26x1", num_classes=10, **kwargs):
+  return checkpoints.load_pretrained(path, _zeros(name, num_classes), **kwargs)
+
+
 def test_round_trip_is_exact_and_uses_bit_names(tmp_path):
   params = _params()
   path = str(tmp_path / "r26.npz")
@@ -33,7 +44,8 @@ def test_round_trip_is_exact_and_uses_bit_names(tmp_path):
                    "resnet/block4/unit02/c/standardized_conv2d/kernel",
                    "resnet/group_norm/beta", "resnet/head/conv2d/bias"]:
     assert expected in names
-  loaded = checkpoints.load_bit_npz(path, "R26x1")
+  loaded, report = _load(path)
+  assert not report["initialised"] and not report["skipped"]
   flat_in = traverse_util.flatten_dict(jax.device_get(params))
   flat_out = traverse_util.flatten_dict(loaded)
   assert flat_in.keys() == flat_out.keys()
@@ -54,8 +66,9 @@ def test_numbered_conv_names_and_headless_files_load(tmp_path):
               for k in f.files if not k.startswith("resnet/head/")}
   odd = str(tmp_path / "odd.npz")
   np.savez(odd, **arrays)
-  loaded = checkpoints.load_bit_npz(odd, "R26x1")
-  assert "head" not in loaded
+  loaded, report = _load(odd)
+  assert sorted(report["initialised"]) == ["head/bias", "head/kernel"]
+  assert not loaded["head"]["kernel"].any()
   np.testing.assert_array_equal(loaded["block2_unit01"]["conv3"]["kernel"],
                                 params["block2_unit01"]["conv3"]["kernel"])
 
@@ -64,20 +77,20 @@ def test_wrong_depth_names_missing_and_unexpected_tensors(tmp_path):
   path = str(tmp_path / "r26.npz")
   checkpoints.save_bit_npz(_params("R26x1"), path)
   with pytest.raises(errors.CheckpointMismatchError) as e:
-    checkpoints.load_bit_npz(path, "R50x1")
+    _load(path, "R50x1")
   message = str(e.value)
-  assert path in message and "R50x1" in message
-  assert "resnet/block1/unit03/a/group_norm/gamma" in message  # Missing.
+  assert path in message and "config.model.name" in message
+  assert "block1_unit03/gn1/scale" in message  # Missing.
 
 
 def test_wrong_width_names_offending_shapes(tmp_path):
   path = str(tmp_path / "r26x1.npz")
   checkpoints.save_bit_npz(_params("R26x1"), path)
   with pytest.raises(errors.CheckpointMismatchError,
-                     match=r"80 wrong shapes.*resnet/block1/unit01/a/"
+                     match=r"79 wrong shapes.*resnet/block1/unit01/a/"
                            r"standardized_conv2d/kernel: file \(1, 1, 64, 64\), "
-                           r"R26x2 \(1, 1, 128, 128\)"):
-    checkpoints.load_bit_npz(path, "R26x2")
+                           r"model \(1, 1, 128, 128\)"):
+    _load(path, "R26x2")
 
 
 def test_extra_tensor_is_named(tmp_path):
@@ -89,11 +102,11 @@ def test_extra_tensor_is_named(tmp_path):
   np.savez(path, **arrays)
   with pytest.raises(errors.CheckpointMismatchError,
                      match="not in the model: resnet/block5/unit01"):
-    checkpoints.load_bit_npz(path, "R26x1")
+    _load(path)
 
 
 def test_pickled_npz_is_refused(tmp_path):
   path = str(tmp_path / "evil.npz")
   np.savez(path, **{"resnet/group_norm/gamma": np.array([object()], dtype=object)})
   with pytest.raises(ValueError, match="allow_pickle"):
-    checkpoints.load_bit_npz(path, "R26x1")
+    _load(path)

@@ -95,3 +95,10 @@ def test_decay_boundary_outside_run_is_an_error():
   with pytest.raises(errors.ConfigError, match="outside"):
     optim.create_schedule(0.1, total_steps=100, warmup_steps=10,
                           decay_boundaries=(5,))
+
+
+def test_repeated_decay_boundaries_compound():
+  # HyperRule's 100/200/300/400 of 500 scaled to 2 steps: decays at 1, 1, 2.
+  schedule = optim.create_schedule(1.0, 2, 0, "step", (1, 1, 2))
+  np.testing.assert_allclose([schedule(0), schedule(1), schedule(2)],
+                             [1.0, 0.01, 0.001], rtol=1e-6)

@@ -1,0 +1,302 @@
+r"""Transfer studies: a grid of fine-tuning runs, run or scheduled, then tabulated.
+
+  python -m big_transfer_med.study --spec=configs/studies/fmnist_demo.py
+  python -m big_transfer_med.study --spec=SPEC --mode=commands   # jobs.txt
+  python -m big_transfer_med.study --spec=SPEC --mode=aggregate
+
+A spec (an ml_collections config file) names a fine-tuning config file and
+the grid: sources (name -> checkpoint; '' = from scratch) x models x targets
+x shots (0 = full) x seeds. Each job is one run of the trainer in
+<workdir>/<source>/<model>/<target>/<shots>/seed<seed>; a job whose
+results.json exists is done and skipped, so a study can be re-run after a
+crash or extended with more seeds. `--mode=run` runs the remaining jobs here,
+each as its own process, `--parallel` at a time (logs in <workdir>/logs/);
+`--mode=commands` writes the same command lines, one per remaining job, to
+<workdir>/jobs.txt for a cluster scheduler, e.g. a SLURM array:
+  sbatch --array=1-$(wc -l < jobs.txt) --wrap 'sed -n "${SLURM_ARRAY_TASK_ID}p" jobs.txt | bash'
+Every mode ends by aggregating whatever results exist: results.csv (one row
+per job), summary.csv and summary.md (mean +- std over seeds) and one plot
+per target and model (metric vs shots, a line per source).
+"""
+import csv
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent import futures
+from typing import Dict, List, Sequence
+
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+
+RESULTS_FILE = "results.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  source: str
+  checkpoint: str
+  model: str
+  target: str
+  shots: int  # 0: the full training set.
+  seed: int
+  workdir: str
+  config_arg: str
+
+  @property
+  def done(self) -> bool:
+    return os.path.exists(os.path.join(self.workdir, RESULTS_FILE))
+
+
+def shots_name(shots: int) -> str:
+  return "full" if shots == 0 else f"{shots}shot"
+
+
+def expand(spec: ml_collections.ConfigDict) -> List[Job]:
+  """The study's jobs, in a fixed order (sources, models, targets, shots, seeds)."""
+  jobs = []
+  for source, checkpoint in spec.sources.items():
+    for model in spec.models:
+      for target in spec.targets:
+        for shots in spec.shots:
+          seeds = spec.full_seeds if (shots == 0 and spec.full_seeds) else (
+              spec.seeds)
+          extra = spec.full_args if shots == 0 else spec.fewshot_args
+          for seed in seeds:
+            args = [f"target={target}", f"model={model}", f"shots={shots}",
+                    f"seed={seed}"] + ([f"init={checkpoint}"] if checkpoint
+                                       else [])
+            args += [a for a in (spec.args, extra) if a]
+            jobs.append(Job(
+                source, checkpoint, model, target, shots, seed,
+                os.path.join(spec.workdir, source, model, target,
+                             shots_name(shots), f"seed{seed}"),
+                ",".join(args)))
+  return jobs
+
+
+def command(spec, job: Job) -> str:
+  return (f"{sys.executable} -m big_transfer_med.main "
+          f"--config={shlex.quote(f'{spec.config}:{job.config_arg}')} "
+          f"--workdir={shlex.quote(job.workdir)}")
+
+
+def run_jobs(spec, jobs: Sequence[Job], parallel: int = 1) -> List[str]:
+  """Runs the jobs not yet done here, each as its own process (the command of
+  `--mode=commands`, so a crash ends one job only), `parallel` at a time;
+  logs go to <workdir>/logs/. Returns the failures."""
+  todo = [j for j in jobs if not j.done]
+  logging.info("%d of %d jobs to run.", len(todo), len(jobs))
+  log_dir = os.path.join(spec.workdir, "logs")
+  os.makedirs(log_dir, exist_ok=True)
+  env = dict(os.environ)
+  # Jobs of one study compile the same programs: share XLA's executables.
+  env.setdefault("JAX_COMPILATION_CACHE_DIR",
+                 os.path.abspath(os.path.join(spec.workdir, ".jax_cache")))
+
+  def run(job: Job):
+    start = time.time()
+    name = os.path.relpath(job.workdir, spec.workdir).replace(os.sep, "_")
+    log = os.path.join(log_dir, f"{name}.log")
+    with open(log, "w") as f:
+      returncode = subprocess.call(shlex.split(command(spec, job)), stdout=f,
+                                   stderr=subprocess.STDOUT, env=env)
+    return job, returncode, log, time.time() - start
+
+  failures = []
+  with futures.ThreadPoolExecutor(max(1, parallel)) as pool:
+    for i, (job, returncode, log, seconds) in enumerate(
+        pool.map(run, todo)):
+      label = (f"[{i + 1}/{len(todo)}] {job.source} {job.model} {job.target} "
+               f"{shots_name(job.shots)} seed {job.seed}")
+      if returncode or not job.done:
+        failures.append(f"{job.workdir}: exit code {returncode}, log {log}")
+        print(f"{label}: FAILED (exit code {returncode}; see {log})",
+              flush=True)
+        continue
+      with open(os.path.join(job.workdir, RESULTS_FILE)) as f:
+        results = json.load(f)
+      metric = results["primary_metric"]
+      print(f"{label}: {metric} {results['metrics'][metric]:.4f} "
+            f"({seconds:.0f} s)", flush=True)
+  return failures
+
+
+def collect(jobs: Sequence[Job]) -> List[Dict]:
+  """One row per finished job."""
+  rows = []
+  for job in jobs:
+    if not job.done:
+      continue
+    with open(os.path.join(job.workdir, RESULTS_FILE)) as f:
+      results = json.load(f)
+    metric = results["primary_metric"]
+    rows.append({"source": job.source, "model": job.model,
+                 "target": job.target, "shots": job.shots, "seed": job.seed,
+                 "metric": metric, "value": results["metrics"][metric],
+                 "steps": results["step"], "workdir": job.workdir})
+  return rows
+
+
+def summarise(rows: Sequence[Dict]) -> List[Dict]:
+  """Mean and std (over seeds, ddof=1; 0 for one seed) per cell of the grid."""
+  cells = {}
+  for row in rows:
+    key = (row["source"], row["model"], row["target"], row["shots"],
+           row["metric"])
+    cells.setdefault(key, []).append(row["value"])
+  out = []
+  for (source, model, target, shots, metric), values in cells.items():
+    out.append({"source": source, "model": model, "target": target,
+                "shots": shots, "metric": metric,
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "seeds": len(values)})
+  return out
+
+
+def _write_csv(path: str, rows: Sequence[Dict]) -> None:
+  with open(path + ".tmp", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(path + ".tmp", path)
+
+
+def markdown_table(summary: Sequence[Dict]) -> str:
+  """Rows: source and model; columns: target and shots; cells 'mean +- std'
+  in percent."""
+  columns = sorted({(s["target"], s["shots"]) for s in summary},
+                   key=lambda c: (c[0], c[1] == 0, c[1]))
+  row_keys = list(dict.fromkeys((s["source"], s["model"]) for s in summary))
+  cell = {(s["source"], s["model"], s["target"], s["shots"]): s
+          for s in summary}
+  header = ["source", "model"] + [f"{t} {shots_name(k)}" for t, k in columns]
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  for source, model in row_keys:
+    values = []
+    for target, shots in columns:
+      s = cell.get((source, model, target, shots))
+      values.append(f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
+                    if s else "-")
+    lines.append("| " + " | ".join([source, model] + values) + " |")
+  metrics = sorted({s["metric"] for s in summary})
+  return "\n".join(lines) + f"\n\nMetric: {', '.join(metrics)} (%), mean ± std over seeds.\n"
+
+
+def plot(summary: Sequence[Dict], directory: str) -> List[str]:
+  """One PNG per (target, model): metric vs shots, one line per source; the
+  full-shot result sits at the right end of the axis."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  paths = []
+  for target, model in dict.fromkeys((s["target"], s["model"])
+                                     for s in summary):
+    cells = [s for s in summary if s["target"] == target and s["model"] == model]
+    shots = sorted({s["shots"] for s in cells}, key=lambda k: (k == 0, k))
+    x = {k: i for i, k in enumerate(shots)}
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for source in dict.fromkeys(s["source"] for s in cells):
+      points = sorted((x[s["shots"]], s["mean"], s["std"]) for s in cells
+                      if s["source"] == source)
+      xs, means, stds = zip(*points)
+      ax.errorbar(xs, 100 * np.array(means), yerr=100 * np.array(stds),
+                  marker="o", capsize=3, label=source)
+    ax.set_xticks(range(len(shots)), [shots_name(k) for k in shots])
+    ax.set_xlabel("training examples per class")
+    ax.set_ylabel(f"{cells[0]['metric']} (%)")
+    ax.set_title(f"{target}, {model}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(directory, f"plot_{target}_{model}.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    paths.append(path)
+  return paths
+
+
+def aggregate(spec, jobs: Sequence[Job]) -> str:
+  """Writes the tables and plots of the finished jobs; returns the Markdown."""
+  rows = collect(jobs)
+  if not rows:
+    return "No finished jobs yet.\n"
+  summary = summarise(rows)
+  os.makedirs(spec.workdir, exist_ok=True)
+  _write_csv(os.path.join(spec.workdir, "results.csv"), rows)
+  _write_csv(os.path.join(spec.workdir, "summary.csv"), summary)
+  table = markdown_table(summary)
+  with open(os.path.join(spec.workdir, "summary.md"), "w") as f:
+    f.write(f"# {spec.name}\n\n{len(rows)} of {len(jobs)} jobs finished.\n\n"
+            + table)
+  plots = plot(summary, spec.workdir)
+  logging.info("Wrote %s/summary.{csv,md}, results.csv and %s.",
+               spec.workdir, ", ".join(plots))
+  return table
+
+
+def default_spec() -> ml_collections.ConfigDict:
+  """All keys a spec may set; spec files start from it."""
+  s = ml_collections.ConfigDict()
+  s.name = "study"
+  s.config = "configs/transfer.py"  # Fine-tuning config file.
+  s.workdir = ""
+  s.sources = ml_collections.ConfigDict()  # name -> checkpoint ('' scratch).
+  s.models = ("R50x1",)
+  s.targets = ()
+  s.shots = (0,)
+  s.seeds = (0,)
+  s.full_seeds = ()  # Seeds of the full-shot jobs; () = seeds.
+  s.args = ""  # Extra config arguments for every job, e.g. 'res=128'.
+  s.fewshot_args = ""  # ... for few-shot jobs only,
+  s.full_args = ""  # ... for full-shot jobs only.
+  return s
+
+
+def _define_flags():
+  # Here, not at import: spec files import this module for default_spec().
+  config_flags.DEFINE_config_file("spec", None, "Study spec file.",
+                                  lock_config=True)
+  flags.DEFINE_enum("mode", "run", ["run", "commands", "aggregate"],
+                    "Run the jobs here, write jobs.txt, or only tabulate.")
+  flags.DEFINE_integer("parallel", 1, "--mode=run: jobs at a time.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  spec, mode = flags.FLAGS.spec, flags.FLAGS.mode
+  if not spec.workdir or not spec.targets or not spec.sources:
+    print("ERROR: the spec needs workdir, targets and sources.", file=sys.stderr)
+    sys.exit(2)
+  jobs = expand(spec)
+  failures = []
+  if mode == "commands":
+    os.makedirs(spec.workdir, exist_ok=True)
+    todo = [command(spec, j) for j in jobs if not j.done]
+    path = os.path.join(spec.workdir, "jobs.txt")
+    with open(path, "w") as f:
+      f.write("".join(c + "\n" for c in todo))
+    print(f"Wrote {len(todo)} commands ({len(jobs) - len(todo)} jobs done) "
+          f"to {path}.")
+  elif mode == "run":
+    failures = run_jobs(spec, jobs, flags.FLAGS.parallel)
+  print(aggregate(spec, jobs))
+  if failures:
+    print("ERROR: failed jobs:\n  " + "\n  ".join(failures), file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

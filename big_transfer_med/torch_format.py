@@ -1,0 +1,117 @@
+"""Reads tensors from PyTorch `torch.save` files without PyTorch, never unpickling
+anything but tensors.
+
+A torch.save file (PyTorch >= 1.6) is a zip: `<archive>/data.pkl` pickles the
+object tree and each tensor's storage is the raw little-endian bytes of
+`<archive>/data/<key>`. Like torch.load(weights_only=True), the unpickler only
+resolves an allow-list of globals (tensor rebuild functions, storage types,
+OrderedDict); anything else fails with an error naming it. This keeps a
+~2 GB PyTorch install out of a JAX codebase that only needs the weights.
+"""
+import collections
+import pickle
+import zipfile
+from typing import Any, Dict
+
+import ml_dtypes
+import numpy as np
+
+from big_transfer_med import errors
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64,
+    "HalfStorage": np.float16, "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class _Storage:
+  """A storage's dtype marker, as named in the pickle (torch.FloatStorage)."""
+
+  def __init__(self, dtype):
+    self.dtype = np.dtype(dtype)
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused_args):
+  itemsize = storage.dtype.itemsize
+  if not size:
+    return storage[offset:offset + 1].reshape(()).copy()
+  return np.lib.stride_tricks.as_strided(
+      storage[offset:], shape=tuple(size),
+      strides=tuple(s * itemsize for s in stride)).copy()
+
+
+def _rebuild_parameter(data, *unused_args):
+  return data
+
+
+_ALLOWED = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+}
+_ALLOWED.update({("torch", name): _Storage(dtype)
+                 for name, dtype in _STORAGE_DTYPES.items()})
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+
+  def __init__(self, file, archive: zipfile.ZipFile, prefix: str, path: str):
+    super().__init__(file)
+    self._archive, self._prefix, self._path = archive, prefix, path
+    self._storages = {}
+
+  def find_class(self, module, name):
+    if (module, name) not in _ALLOWED:
+      raise errors.CheckpointMismatchError(
+          f"{self._path}: refusing to unpickle {module}.{name}; only tensors "
+          "and dicts of tensors are read (as torch.load(weights_only=True)). "
+          "Re-save the state dict alone: torch.save(model.state_dict(), PATH).")
+    return _ALLOWED[(module, name)]
+
+  def persistent_load(self, pid):
+    kind, storage_type, key, unused_location, unused_numel = pid
+    if kind != "storage" or not isinstance(storage_type, _Storage):
+      raise errors.CheckpointMismatchError(
+          f"{self._path}: unsupported storage record {pid!r}.")
+    if key not in self._storages:
+      raw = self._archive.read(f"{self._prefix}/data/{key}")
+      self._storages[key] = np.frombuffer(
+          raw, storage_type.dtype.newbyteorder("<"))
+    return self._storages[key]
+
+
+def load(path: str) -> Any:
+  """Returns the object tree of a torch.save file, tensors as NumPy arrays."""
+  if not zipfile.is_zipfile(path):
+    raise errors.CheckpointMismatchError(
+        f"{path} is not a zip-format torch.save file (PyTorch >= 1.6). Re-save "
+        "it with a recent PyTorch: torch.save(torch.load(PATH), NEW_PATH).")
+  with zipfile.ZipFile(path) as archive:
+    pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+    if len(pickles) != 1:
+      raise errors.CheckpointMismatchError(
+          f"{path}: expected one */data.pkl in the archive, found {pickles}.")
+    prefix = pickles[0][:-len("/data.pkl")]
+    byteorder = f"{prefix}/byteorder"
+    if (byteorder in archive.namelist() and
+        archive.read(byteorder).strip() != b"little"):
+      raise errors.CheckpointMismatchError(f"{path}: big-endian tensors.")
+    with archive.open(pickles[0]) as f:
+      return _WeightsUnpickler(f, archive, prefix, path).load()
+
+
+def load_state_dict(path: str, key: str = "model") -> Dict[str, np.ndarray]:
+  """The {name: array} state dict in `path` (under `key` if it is a dict of
+  dicts, as in a training checkpoint {'model': ..., 'optimizer': ...})."""
+  tree = load(path)
+  if isinstance(tree, dict) and isinstance(tree.get(key), dict):
+    tree = tree[key]
+  if not isinstance(tree, dict) or not all(
+      isinstance(v, np.ndarray) for v in tree.values()):
+    raise errors.CheckpointMismatchError(
+        f"{path}: expected a state dict of tensors (or one under {key!r}); "
+        f"found {type(tree).__name__} with keys {list(tree)[:5] if isinstance(tree, dict) else '-'}.")
+  return dict(tree)

@@ -1,0 +1,94 @@
+r"""BiT-HyperRule fine-tuning (full or few-shot) of any pre-trained model.
+
+  python -m big_transfer_med.main --workdir=DIR \
+      --config=configs/transfer.py:target=cifar10,init=BiT-M-R50x1.npz
+  python -m big_transfer_med.main --workdir=DIR --config=configs/transfer.py:\
+target=padchest_cl,init=UPSTREAM_WORKDIR,model=R152x4,shots=5,seed=2
+
+Arguments (comma-separated key=value):
+  target  one of TARGETS below (required);
+  init    a workdir of ours, a BiT .npz or a PyTorch .pth.tar ('' = scratch);
+  model   R50x1 (default) ... R152x4; must match init;
+  shots   examples per class (0 = the full training set); seed (default 0)
+          seeds the run and the few-shot draw;
+  steps, batch, eval_batch, lr, res, resize: override the rule (e.g. for
+  CPU demos);
+  eval_split: e.g. 'test[:20%]'; data_dir: the TFDS data_dir.
+The rule (hyperrule.py): schedule and MixUp from the training-set size,
+resize/crop from the image size; lr 0.003 per 512 images, SGD momentum 0.9,
+no weight decay, zero-initialised new head. Any key can still be overridden
+with --config.key=value.
+"""
+from big_transfer_med import config_lib
+
+# name -> (data settings, loss, primary metric).
+TARGETS = {
+    "cifar10": ({"name": "cifar10"}, "softmax_xent", "accuracy"),
+    "cifar100": ({"name": "cifar100"}, "softmax_xent", "accuracy"),
+    "oxford_flowers102": ({"name": "oxford_flowers102"}, "softmax_xent",
+                          "accuracy"),
+    "oxford_iiit_pet": ({"name": "oxford_iiit_pet"}, "softmax_xent",
+                        "accuracy"),
+    # The demo's target: real Fashion-MNIST classes 5-9 (grey, 28x28).
+    "fmnist_5to9": ({"name": "fashion_mnist_local", "classes": (5, 6, 7, 8, 9),
+                     "channels": 1}, "softmax_xent", "accuracy"),
+    "tuberculosis": ({"name": "cxr_tuberculosis", "crop_to_square": True},
+                     "softmax_xent", "accuracy"),
+    "covidx": ({"name": "cxr_covidx", "crop_to_square": True},
+               "softmax_xent", "accuracy"),
+    # Images with exactly one of the 27 PadChest findings; 27-way softmax.
+    "padchest_cl": ({"sources": ("padchest",), "label_set": "padchest27",
+                     "exclusive": True, "crop_to_square": True,
+                     "eval_split": "test"}, "softmax_xent", "mean_auc"),
+    "nih14": ({"sources": ("nih14",), "label_set": "nih14",
+               "crop_to_square": True, "eval_split": "test"},
+              "sigmoid_xent", "mean_auc"),
+    "chexpert5": ({"sources": ("chexpert",), "label_set": "chexpert5",
+                   "crop_to_square": True, "eval_split": "validation"},
+                  "sigmoid_xent", "mean_auc"),
+}
+
+
+def get_config(arg: str = ""):
+  args = dict(kv.split("=", 1) for kv in arg.split(",") if kv)
+  target = args.get("target")
+  if target not in TARGETS:
+    raise ValueError(f"configs/transfer.py needs target=<one of "
+                     f"{sorted(TARGETS)}>, got {target!r}.")
+  data, loss, metric = TARGETS[target]
+  c = config_lib.base_config()
+  c.model.name = args.get("model", "R50x1")
+  c.init.checkpoint = args.get("init", "")
+  c.init.dont_load = ("head/.*",)  # A new task gets a new, zero head.
+  c.seed = int(args.get("seed", 0))
+  c.loss, c.primary_metric = loss, metric
+  c.data.channels = 3
+  c.data.augment = "bit"
+  c.data.views = ("PA", "AP", "AP_SUPINE")
+  for key, value in data.items():
+    c.data[key] = value
+  c.data.examples_per_class = int(args.get("shots", 0))
+  c.data.fewshot_seed = c.seed
+
+  c.hyperrule = True  # Fills steps, warmup, decays, resolution, MixUp.
+  c.batch_size = int(args.get("batch", 512))
+  c.data.eval_batch_size = int(args.get("eval_batch", c.batch_size))
+  c.optim.base_lr = float(args.get("lr", 0.003))
+  c.optim.reference_batch_size = 512
+  c.optim.weight_decay = 0.0
+  c.schedule.decay_type = "step"
+  if "steps" in args:
+    c.total_steps = int(args["steps"])
+  if "data_dir" in args:
+    c.data.data_dir = args["data_dir"]
+  if "eval_split" in args:
+    c.data.eval_split = args["eval_split"]
+  if "res" in args:
+    c.data.resolution = int(args["res"])
+    c.data.resize = int(args.get("resize", args["res"]))
+
+  c.log_every_steps = 50
+  c.eval_every_steps = 0  # Once, at the end.
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep = 1
+  return c

@@ -1,0 +1,131 @@
+"""Study runner: grid expansion, skipping finished jobs, commands, tables, plots."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from big_transfer_med import study
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _spec(workdir, **overrides):
+  s = study.default_spec()
+  s.name = "test study"
+  s.config = os.path.join(REPO, "configs", "transfer.py")
+  s.workdir = workdir
+  s.sources = {"pretrained": "/ckpt/run", "scratch": ""}
+  s.models = ("R26x1",)
+  s.targets = ("fmnist_5to9",)
+  s.shots = (1, 5, 0)
+  s.seeds = (0, 1, 2)
+  s.full_seeds = (0,)
+  s.fewshot_args = "steps=2"
+  for key, value in overrides.items():
+    s[key] = value
+  return s
+
+
+def _finish(job, value):
+  os.makedirs(job.workdir, exist_ok=True)
+  with open(os.path.join(job.workdir, "results.json"), "w") as f:
+    json.dump({"primary_metric": "accuracy", "step": 2,
+               "metrics": {"accuracy": value}}, f)
+
+
+def test_expand_grid_and_job_arguments(tmp_path):
+  jobs = study.expand(_spec(str(tmp_path)))
+  assert len(jobs) == 2 * (2 * 3 + 1)
+  pretrained_5shot = [j for j in jobs if j.source == "pretrained"
+                      and j.shots == 5]
+  assert [j.seed for j in pretrained_5shot] == [0, 1, 2]
+  job = pretrained_5shot[1]
+  assert job.workdir == os.path.join(str(tmp_path), "pretrained", "R26x1",
+                                     "fmnist_5to9", "5shot", "seed1")
+  assert job.config_arg == ("target=fmnist_5to9,model=R26x1,shots=5,seed=1,"
+                            "init=/ckpt/run,steps=2")
+  scratch_full = [j for j in jobs if j.source == "scratch" and j.shots == 0]
+  assert len(scratch_full) == 1 and "init=" not in scratch_full[0].config_arg
+  assert "steps" not in scratch_full[0].config_arg  # fewshot_args only.
+
+
+def test_aggregate_mean_std_table_and_plot(tmp_path):
+  spec = _spec(str(tmp_path))
+  jobs = study.expand(spec)
+  values = {}
+  for i, job in enumerate(jobs[:-1]):  # The last job is not finished.
+    values[job] = 0.5 + 0.01 * i
+    _finish(job, values[job])
+  table = study.aggregate(spec, jobs)
+  with open(os.path.join(spec.workdir, "summary.csv")) as f:
+    summary = list(csv.DictReader(f))
+  cell = [r for r in summary if r["source"] == "pretrained"
+          and r["shots"] == "5"][0]
+  expected = [values[j] for j in jobs if j.source == "pretrained"
+              and j.shots == 5]
+  np.testing.assert_allclose(float(cell["mean"]), np.mean(expected))
+  np.testing.assert_allclose(float(cell["std"]), np.std(expected, ddof=1))
+  assert cell["seeds"] == "3"
+  assert len(summary) == 5  # The unfinished scratch full-shot cell is absent.
+  with open(os.path.join(spec.workdir, "results.csv")) as f:
+    assert len(list(csv.DictReader(f))) == len(jobs) - 1
+  assert "| pretrained | R26x1 |" in table and "±" in table
+  assert table.splitlines()[0] == (
+      "| source | model | fmnist_5to9 1shot | fmnist_5to9 5shot | "
+      "fmnist_5to9 full |")
+  png = os.path.join(spec.workdir, "plot_fmnist_5to9_R26x1.png")
+  with open(png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_commands_mode_lists_only_unfinished_jobs(tmp_path):
+  spec_file = tmp_path / "spec.py"
+  spec_file.write_text(f"""
+from big_transfer_med import study
+def get_config():
+  s = study.default_spec()
+  s.workdir = {str(tmp_path / "study")!r}
+  s.sources = {{"scratch": ""}}
+  s.models = ("R26x1",)
+  s.targets = ("fmnist_5to9",)
+  s.shots = (1,)
+  s.seeds = (0, 1)
+  s.args = "eval_split=test[:20%]"
+  return s
+""")
+  done = study.expand(_spec(str(tmp_path / "study"), sources={"scratch": ""},
+                            shots=(1,), seeds=(0, 1), fewshot_args=""))[0]
+  _finish(done, 0.7)
+  result = subprocess.run(
+      [sys.executable, "-m", "big_transfer_med.study", f"--spec={spec_file}",
+       "--mode=commands"], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr
+  with open(tmp_path / "study" / "jobs.txt") as f:
+    lines = f.read().splitlines()
+  assert len(lines) == 1 and "seed=1" in lines[0]
+  assert "'configs/transfer.py:target=fmnist_5to9,model=R26x1,shots=1,seed=1,eval_split=test[:20%]'" in lines[0]
+  assert "1 jobs done" in result.stdout
+
+
+def test_run_mode_trains_skips_and_tabulates(tiny_fmnist_data_dir, tmp_path):
+  spec = _spec(str(tmp_path / "study"), sources={"scratch": ""}, shots=(2,),
+               seeds=(0, 1),
+               args=f"res=32,resize=36,batch=8,data_dir={tiny_fmnist_data_dir}",
+               fewshot_args="steps=2")
+  jobs = study.expand(spec)
+  assert study.run_jobs(spec, jobs, parallel=2) == []
+  assert all(j.done for j in jobs)
+  assert len(os.listdir(os.path.join(spec.workdir, "logs"))) == 2
+  with open(os.path.join(jobs[0].workdir, "results.json")) as f:
+    results = json.load(f)
+  assert results["examples_per_class"] == 2 and results["step"] == 2
+  assert results["train_examples"] == 10
+  mtime = os.path.getmtime(os.path.join(jobs[0].workdir, "results.json"))
+  assert study.run_jobs(spec, jobs) == []  # Nothing left to do.
+  assert os.path.getmtime(os.path.join(jobs[0].workdir,
+                                       "results.json")) == mtime
+  assert "scratch" in study.aggregate(spec, jobs)

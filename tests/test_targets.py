@@ -1,0 +1,167 @@
+"""Transfer targets: the Tuberculosis and COVIDx builders, PadChest-Cl,
+the transfer config, and predict on the real RG1 radiograph."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from big_transfer_med import errors
+from big_transfer_med import predict
+from big_transfer_med import train
+from input_pipeline import labels as labels_lib
+from input_pipeline import pipeline
+from input_pipeline import xray_io
+from input_pipeline.datasets import cxr_targets
+from tests import fmnist_fixtures
+from tests import test_main
+from tests import tfds_testing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTDATA = os.path.join(REPO, "tests", "testdata")
+TRANSFER = os.path.join(REPO, "configs", "transfer.py")
+
+
+class CxrTuberculosisTest(tfds_testing.TfrecordFiles,
+                          tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = cxr_targets.CxrTuberculosis
+  EXAMPLE_DIR = os.path.join(TESTDATA, "cxr_tuberculosis")
+  SPLITS = {"train": 7, "test": 3}  # 11 images, one truncated.
+
+
+class CxrCovidxTest(tfds_testing.TfrecordFiles,
+                    tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = cxr_targets.CxrCovidx
+  EXAMPLE_DIR = os.path.join(TESTDATA, "cxr_covidx")
+  SPLITS = {"train": 5, "test": 3}
+
+
+def test_tuberculosis_labels_patients_and_grey_images(tiny_cxr_data_dir):
+  builder = tfds.builder("cxr_tuberculosis", data_dir=tiny_cxr_data_dir)
+  examples = [ex for split in ("train", "test")
+              for ex in builder.as_data_source(split)]
+  paths = [ex["source_path"].decode() for ex in examples]
+  assert not any("CHNCXR_0004_0" in p for p in paths)  # Truncated: skipped.
+  for ex, path in zip(examples, paths):
+    assert ex["label"] == int(path[-5])  # _0 normal, _1 tuberculosis.
+    assert ex["image"].shape[-1] == 1  # The RGB Shenzhen file too.
+  assert {ex["source"] for ex in examples} == {b"shenzhen", b"montgomery"}
+  train_ids = {ex["patient_id"] for ex in builder.as_data_source("train")}
+  test_ids = {ex["patient_id"] for ex in builder.as_data_source("test")}
+  assert not train_ids & test_ids
+
+
+def test_covidx_bad_class_names_file_and_line(tmp_path):
+  manual = tmp_path / "covidx"
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(os.path.join(TESTDATA, "cxr_covidx"), manual)
+  with open(manual / "test.txt", "a") as f:
+    f.write("p9 x.png COVID-19 sirm\n")
+  builder = tfds.builder("cxr_covidx", data_dir=str(tmp_path / "tfds"))
+  with pytest.raises(errors.DataError,
+                     match=r"test.txt row 4: class 'COVID-19' is not one of"):
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(manual)))
+
+
+def test_padchest_cl_keeps_single_finding_images_as_softmax_classes(
+    tiny_cxr_data_dir):
+  config = test_main._parse(f"--config={TRANSFER}:target=padchest_cl,res=32",
+                            f"--config.data.data_dir={tiny_cxr_data_dir}",
+                            "--config.data.eval_split=train")
+  data = pipeline.Pipeline(config)
+  assert not data.multi_label and data.num_classes == 27
+  assert config.loss == "softmax_xent" and config.primary_metric == "mean_auc"
+  builder = tfds.builder("cxr_padchest", data_dir=tiny_cxr_data_dir)
+  harmonizer = labels_lib.Harmonizer(builder.info.metadata["label_names"],
+                                     "padchest27")
+  frontal = [ex for ex in builder.as_data_source("train")
+             if ex["view"] in (0, 1, 2)]
+  single = [ex for ex in frontal
+            if np.sum(harmonizer(ex["labels"])[0].numpy() > 0.5) == 1]
+  assert 0 < len(single) < len(frontal)
+  assert len(data.train) == len(single)
+  batch = next(data.train_iterator(0))
+  assert np.all(batch["labels"].sum(-1) == 1)  # One-hot.
+  assert "label_mask" not in batch
+
+
+def test_transfer_config_targets():
+  for target in ("cifar10", "oxford_iiit_pet", "tuberculosis", "covidx",
+                 "padchest_cl", "nih14", "chexpert5", "fmnist_5to9"):
+    c = test_main._parse(f"--config={TRANSFER}:target={target},shots=5,seed=2")
+    assert c.hyperrule and c.data.resolution is None  # The rule decides.
+    assert c.data.examples_per_class == 5 and c.data.fewshot_seed == 2
+    assert tuple(c.init.dont_load) == ("head/.*",)
+    assert c.optim.weight_decay == 0 and c.optim.reference_batch_size == 512
+  nih = test_main._parse(f"--config={TRANSFER}:target=nih14")
+  assert nih.loss == "sigmoid_xent" and nih.data.label_set == "nih14"
+  chexpert = test_main._parse(f"--config={TRANSFER}:target=chexpert5")
+  assert labels_lib.label_set(chexpert.data.label_set) == (
+      "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion")
+  # config_flags re-raises get_config's ValueError as an absl flag error.
+  with pytest.raises(Exception, match="needs target="):
+    test_main._parse(f"--config={TRANSFER}:target=imagenet")
+
+
+def test_tfrecord_dataset_says_how_to_rebuild(tiny_fmnist_manual_dir, tmp_path):
+  builder = tfds.builder("fashion_mnist_local", data_dir=str(tmp_path),
+                         file_format="tfrecord")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=tiny_fmnist_manual_dir))
+  config = fmnist_fixtures.tiny_config(str(tmp_path))
+  with pytest.raises(pipeline.DatasetNotFoundError,
+                     match="fashion_mnist_local --file_format=array_record"):
+    pipeline.Pipeline(config)
+
+
+@pytest.fixture(scope="module")
+def chest_run(tiny_cxr_data_dir, tmp_path_factory):
+  """A tiny multi-label fine-tuning run (CheXpert 5 findings, HyperRule)."""
+  workdir = str(tmp_path_factory.mktemp("chexpert5") / "run")
+  config = test_main._parse(
+      f"--config={TRANSFER}:target=chexpert5,model=R26x1,res=32,resize=40,"
+      f"steps=2,batch=2,data_dir={tiny_cxr_data_dir}")
+  summary = train.train_and_evaluate(config, workdir)
+  return workdir, summary
+
+
+def test_multi_label_fine_tuning_reports_auc(chest_run):
+  workdir, summary = chest_run
+  assert summary["primary_metric"] == "mean_auc"
+  assert set(summary["metrics"]["per_class_auc"]) == set(
+      labels_lib.label_set("chexpert5"))
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = json.load(f)
+  # HyperRule: < 20k examples -> the 500-step schedule scaled to 2 steps.
+  assert config["mixup_alpha"] == 0.0 and config["data"]["resize"] == 40
+
+
+def test_predict_on_real_rg1_dicom_and_its_png(chest_run, tmp_path):
+  workdir, _ = chest_run
+  dicom = get_testdata_file("RG1_UNCR.dcm")
+  png = str(tmp_path / "rg1.png")
+  Image.fromarray(np.round(xray_io.read_xray(dicom) * 65535).astype(
+      np.uint16)).save(png)
+  result = predict.predict(workdir, [dicom, png])
+  names = list(labels_lib.label_set("chexpert5"))
+  assert list(result[dicom]) == names
+  assert all(0.0 < p < 1.0 for p in result[dicom].values())
+  np.testing.assert_allclose([result[png][n] for n in names],
+                             [result[dicom][n] for n in names], atol=1e-3)
+  cli = subprocess.run(
+      [sys.executable, "-m", "big_transfer_med.predict",
+       f"--workdir={workdir}", dicom], cwd=REPO, capture_output=True,
+      text=True, timeout=300)
+  assert cli.returncode == 0, cli.stderr[-2000:]
+  assert json.loads(cli.stdout) == {dicom: result[dicom]}
+  missing = subprocess.run(
+      [sys.executable, "-m", "big_transfer_med.predict",
+       f"--workdir={workdir}", str(tmp_path / "nope.dcm")], cwd=REPO,
+      capture_output=True, text=True, timeout=300)
+  assert missing.returncode == 2 and "nope.dcm: no such file" in missing.stderr

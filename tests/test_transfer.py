@@ -1,0 +1,292 @@
+"""Fine-tuning in the one trainer: checkpoint import (ours, BiT .npz, PyTorch),
+few-shot subsets, MixUp, evaluation counts, linear few-shot, continual
+pre-training."""
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import jax_utils
+from flax import traverse_util
+
+from big_transfer_med import checkpoints
+from big_transfer_med import errors
+from big_transfer_med import fewshot
+from big_transfer_med import losses
+from big_transfer_med import models
+from big_transfer_med import train
+from input_pipeline import pipeline
+from tests import fmnist_fixtures
+from tests import torch_writer
+
+TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
+
+
+def _random_params(num_classes, channels=1, seed=0):
+  model = models.get_model("R26x1", num_classes)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 32, 32, channels)))["params"]
+  leaves, tree = jax.tree.flatten(shapes)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree.unflatten(tree, [
+      np.asarray(0.1 * jax.random.normal(k, x.shape))
+      for k, x in zip(keys, leaves)])
+
+
+def _final_params(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  return manager.restore(manager.latest_step())["params"]
+
+
+def _flat(tree):
+  return {"/".join(k): np.asarray(v)
+          for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def _to_torch_state_dict(params):
+  """Our params under the BiT PyTorch names and layouts (OIHW kernels)."""
+  out = {}
+  for name, value in _flat(params).items():
+    parts = name.split("/")
+    if parts[0] == "root_block":
+      out["root.conv.weight"] = value.transpose(3, 2, 0, 1)
+    elif parts[0] == "norm_pre_head":
+      out[f"before_head.gn.{ {'scale': 'weight', 'bias': 'bias'}[parts[1]] }"] = value
+    elif parts[0] == "head":
+      out[f"head.conv.{ {'kernel': 'weight', 'bias': 'bias'}[parts[1]] }"] = (
+          value.T[:, :, None, None] if parts[1] == "kernel" else value)
+    else:
+      block, unit = parts[0].split("_")
+      layer = "downsample" if parts[1] == "conv_proj" else parts[1]
+      param = {"scale": "weight", "bias": "bias", "kernel": "weight"}[parts[2]]
+      out[f"module.body.{block}.{unit}.{layer}.{param}"] = (
+          value.transpose(3, 2, 0, 1) if value.ndim == 4 else value)
+  return out
+
+
+def test_real_torch_file_is_read_exactly():
+  """A file written by torch.save (PyTorch 2.13): strided views, bfloat16,
+  int64, scalars and a training-checkpoint wrapper."""
+  state = checkpoints.torch_format.load_state_dict(
+      os.path.join(TESTDATA, "torch", "real_checkpoint.pth.tar"))
+  with np.load(os.path.join(TESTDATA, "torch",
+                            "real_checkpoint_expected.npz")) as expected:
+    assert sorted(state) == sorted(expected.files)
+    for name in expected.files:
+      np.testing.assert_array_equal(state[name].astype(expected[name].dtype),
+                                    expected[name])
+
+
+def test_torch_file_with_foreign_objects_is_refused(tmp_path):
+  import pickle  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "evil.pth")
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", pickle.dumps({"x": os.system}, protocol=2))
+  with pytest.raises(errors.CheckpointMismatchError,
+                     match=r"refusing to unpickle posix.system"):
+    checkpoints.read_pretrained(path)
+
+
+@pytest.mark.parametrize("fmt", ["npz", "torch"])
+def test_pretrained_file_loads_exactly_and_fine_tunes(fmt, tiny_fmnist_data_dir,
+                                                       tmp_path):
+  source = _random_params(num_classes=10)  # Another task's 10-class head.
+  if fmt == "npz":
+    path = str(tmp_path / "BiT-S-R26x1.npz")
+    checkpoints.save_bit_npz(source, path)
+  else:
+    path = str(tmp_path / "model.pth.tar")
+    torch_writer.save({"model": _to_torch_state_dict(source), "epoch": 3,
+                       "optimizer": {"lr": 0.1}}, path)
+  # Learning rate 0: the run must end with exactly the file's weights.
+  frozen = str(tmp_path / "frozen")
+  config = fmnist_fixtures.tiny_config(
+      tiny_fmnist_data_dir, total_steps=2, **{"optim.base_lr": 0.0,
+                                              "init.checkpoint": path})
+  summary = train.train_and_evaluate(config, frozen)
+  loaded = _flat(_final_params(frozen))
+  expected = _flat(source)
+  for name, value in loaded.items():
+    if name.startswith("head/"):
+      assert not value.any()  # 5 classes here, 10 in the file: a new head.
+    else:
+      np.testing.assert_array_equal(value, expected[name], err_msg=name)
+  assert summary["init"]["loaded"] == len(expected) - 2
+  assert summary["init"]["initialised_names"] == ["head/bias", "head/kernel"]
+  assert summary["init_checkpoint"] == path
+  # And it fine-tunes from there: zero head first (loss log 5), then every
+  # tensor moves away from the file's values.
+  tuned = str(tmp_path / "tuned")
+  config = fmnist_fixtures.tiny_config(
+      tiny_fmnist_data_dir, total_steps=3, **{"init.checkpoint": path})
+  train.train_and_evaluate(config, tuned)
+  with open(os.path.join(tuned, "metrics.jsonl")) as f:
+    losses_ = [json.loads(l)["train_loss"] for l in f if "train_loss" in l]
+  np.testing.assert_allclose(losses_[0], math.log(5), rtol=1e-4)
+  assert len(losses_) == 3 and all(map(math.isfinite, losses_))
+  moved = _flat(_final_params(tuned))
+  assert not np.allclose(moved["block4_unit02/conv3/kernel"],
+                         expected["block4_unit02/conv3/kernel"])
+  assert moved["head/kernel"].any()
+
+
+def test_checkpoint_that_does_not_fit_writes_nothing(tiny_fmnist_data_dir,
+                                                    tmp_path):
+  path = str(tmp_path / "rgb.npz")
+  checkpoints.save_bit_npz(_random_params(10, channels=3), path)
+  workdir = str(tmp_path / "run")
+  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir,
+                                       **{"init.checkpoint": path})
+  with pytest.raises(errors.CheckpointMismatchError,
+                     match=r"root_block/standardized_conv2d/kernel: file "
+                           r"\(7, 7, 3, 64\), model \(7, 7, 1, 64\).*"
+                           r"config.data.channels"):
+    train.train_and_evaluate(config, workdir)
+  assert not os.path.exists(workdir)
+
+
+def test_continual_pretraining_keeps_a_matching_head(tiny_fmnist_data_dir,
+                                                     tmp_path):
+  first = str(tmp_path / "first")
+  train.train_and_evaluate(
+      fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=4), first)
+  second = str(tmp_path / "second")
+  config = fmnist_fixtures.tiny_config(
+      tiny_fmnist_data_dir, total_steps=2, **{"init.checkpoint": first})
+  summary = train.train_and_evaluate(config, second)
+  assert summary["init"]["initialised"] == 0  # Head included: same task.
+  with open(os.path.join(second, "metrics.jsonl")) as f:
+    first_loss = json.loads(f.readline())["train_loss"]
+  assert first_loss < math.log(5)  # Starts from the trained head.
+  # dont_load: the head starts again from zero.
+  third = str(tmp_path / "third")
+  config = fmnist_fixtures.tiny_config(
+      tiny_fmnist_data_dir, total_steps=1,
+      **{"init.checkpoint": first, "init.dont_load": ("head/.*",)})
+  summary = train.train_and_evaluate(config, third)
+  assert summary["init"]["initialised_names"] == ["head/bias", "head/kernel"]
+
+
+def test_fewshot_subset_is_balanced_deterministic_and_recorded(
+    tiny_fmnist_data_dir, tmp_path):
+  config = fmnist_fixtures.tiny_config(
+      tiny_fmnist_data_dir, total_steps=2,
+      **{"data.examples_per_class": 3, "data.fewshot_seed": 7})
+  data = pipeline.Pipeline(config)
+  assert len(data.train) == 15
+  labels, _ = data.train.sources[0].label_matrix()
+  assert labels.sum(0).tolist() == [3] * 5
+  again = pipeline.Pipeline(config)
+  assert again.fewshot_ids == data.fewshot_ids
+  config.data.fewshot_seed = 8
+  assert pipeline.Pipeline(config).fewshot_ids != data.fewshot_ids
+  config.data.fewshot_seed = 7
+  workdir = str(tmp_path / "run")
+  summary = train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "fewshot_examples.json")) as f:
+    record = json.load(f)
+  assert record["ids"] == data.fewshot_ids
+  assert record["positives_per_label"] == {n: 3 for n in data.label_names}
+  assert summary["examples_per_class"] == 3 and summary["fewshot_seed"] == 7
+
+
+def test_select_fewshot_multi_label_rule():
+  rng = np.random.default_rng(0)
+  labels = (rng.random((500, 4)) < [0.5, 0.2, 0.05, 0.01]).astype(np.float32)
+  mask = np.ones_like(labels)
+  mask[:, 3] = 0  # Never annotated: never counted.
+  chosen = pipeline.select_fewshot(labels, mask, 5, seed=3)
+  np.testing.assert_array_equal(chosen,
+                                pipeline.select_fewshot(labels, mask, 5, 3))
+  positives = (labels[chosen] > 0.5) & (mask[chosen] > 0)
+  assert np.all(positives[:, :3].sum(0) >= 5)
+  assert positives[:, 3].sum() == 0
+  assert (positives.sum(1) == 0).sum() == 5  # k examples without findings.
+  # Minimal: dropping any chosen example leaves some label short of k...
+  # ...except those taken for a label that co-occurred; at least the last one
+  # taken was needed.
+  assert len(chosen) < 40
+
+
+def test_mixup_uses_one_lambda_and_mask_product():
+  images = jnp.arange(4.0).reshape(4, 1, 1, 1)
+  labels = jnp.eye(4)
+  mask = jnp.array([1.0, 1.0, 1.0, 0.0])
+  mixed_images, mixed_labels, mixed_mask = train.mixup(
+      jax.random.PRNGKey(0), 0.1, images, labels, mask)
+  lam = float(mixed_labels[0, 0])
+  np.testing.assert_allclose(mixed_labels.sum(1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(mixed_images[:, 0, 0, 0],
+                             lam * np.arange(4) + (1 - lam) * np.arange(4)[::-1],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(mixed_mask, [0.0, 1.0, 1.0, 0.0])
+
+
+def test_training_with_mixup_runs(tiny_fmnist_data_dir, tmp_path):
+  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=2,
+                                       mixup_alpha=0.2)
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert math.isfinite(summary["metrics"]["loss"])
+
+
+def _evaluate(config, num_devices):
+  data = pipeline.Pipeline(config, num_local_devices=num_devices)
+  model = models.get_model("R26x1", data.num_classes)
+  params = _random_params(5)
+  p_eval = jax.pmap(
+      lambda p, b: train.eval_step(p, b, model=model,
+                                   loss_fn=losses.softmax_xent,
+                                   multi_label=False, per_class=True),
+      axis_name=train.AXIS, devices=jax.local_devices()[:num_devices])
+  replicated = jax_utils.replicate(params, jax.local_devices()[:num_devices])
+  return train.evaluate(p_eval, replicated, data.eval_iterator(),
+                        label_names=data.label_names)
+
+
+def test_evaluation_counts_each_example_once_on_1_and_2_devices(
+    tiny_fmnist_data_dir):
+  # 20 test examples of classes 0-4; batches of 6 leave a padded last batch.
+  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir,
+                                       **{"data.eval_batch_size": 6})
+  one, two = _evaluate(config, 1), _evaluate(config, 2)
+  assert one["examples"] == two["examples"] == 20
+  for key in ("loss", "accuracy", "mean_auc", "map"):
+    np.testing.assert_allclose(one[key], two[key], rtol=1e-5, err_msg=key)
+
+
+def test_ridge_accuracy_separates_separable_classes():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(3, 64)) * 5
+  train_y = np.repeat(np.arange(3), 2)
+  test_y = np.repeat(np.arange(3), 50)
+  train_x = centres[train_y] + rng.normal(size=(6, 64))
+  test_x = centres[test_y] + rng.normal(size=(150, 64))
+  assert fewshot.ridge_accuracy(train_x, train_y, test_x, test_y, 3, 0.1) == 1.0
+  shuffled = rng.permutation(test_y)
+  assert fewshot.ridge_accuracy(train_x, train_y, test_x, shuffled, 3,
+                                0.1) < 0.6
+
+
+def test_linear_fewshot_evaluator_on_tiny_data(tiny_fmnist_data_dir):
+  config = fmnist_fixtures.tiny_config(
+      tiny_fmnist_data_dir,
+      **{"fewshot.dataset": "fashion_mnist_local",
+         "fewshot.classes": (5, 6, 7, 8, 9), "fewshot.shots": (1, 2),
+         "fewshot.seeds": (0, 1)})
+  model = models.get_model("R26x1", 5)
+  evaluator = fewshot.from_config(config, model)
+  params = jax_utils.replicate(_random_params(5))
+  results = evaluator.run(params)
+  assert set(results) == {
+      f"fewshot/fashion_mnist_local_{k}shot{s}" for k in (1, 2)
+      for s in ("", "_std")}
+  assert all(0.0 <= v <= 1.0 for v in results.values())
+  assert results == evaluator.run(params)  # Deterministic.
+  # The classes are learnable from the pixels: random features beat chance
+  # once a few shots are given.
+  assert results["fewshot/fashion_mnist_local_2shot"] > 0.2
