@@ -102,6 +102,13 @@ def base_config() -> ml_collections.ConfigDict:
   # host: switch off for huge label spaces (e.g. ImageNet-21k).
   c.eval_per_class = True
 
+  # A step whose loss or gradient is NaN/Inf never changes the parameters.
+  # 'stop': the run then ends with an error at the next log step or
+  # checkpoint (the last checkpoint predates the bad step); 'skip': it goes
+  # on, unless max_consecutive_nonfinite steps in a row were bad.
+  c.on_nonfinite = "stop"
+  c.max_consecutive_nonfinite = 10
+
   c.log_every_steps = 50
   c.eval_every_steps = 1000  # 0: evaluate only at the end.
   c.checkpoint = ml_collections.ConfigDict()

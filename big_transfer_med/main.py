@@ -19,6 +19,9 @@ flags.DEFINE_string("coordinator_address", None,
                     "jax.distributed coordinator HOST:PORT, or 'auto'.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 flags.DEFINE_integer("process_id", None, "Index of this process.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Continue a workdir whose saved config differs from --config "
+                  "in keys that change the run (the old config.json is kept).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -49,7 +52,8 @@ def main(argv):
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                             allow_config_change=FLAGS.allow_config_change)
   except errors.UserError as e:
     logging.error("%s", e)
     print(f"ERROR: {e}", file=sys.stderr)

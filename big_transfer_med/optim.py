@@ -103,7 +103,12 @@ def create_optimizer(schedule: optax.Schedule, momentum: float = 0.9,
     parts.append(optax.add_decayed_weights(weight_decay, mask=kernel_mask))
   parts.append(optax.sgd(schedule, momentum=momentum or None,
                          nesterov=nesterov and bool(momentum)))
-  return optax.chain(*parts)
+  # A step with a non-finite gradient leaves parameters and optimiser state
+  # unchanged (and is counted in the state); whether the run then stops or
+  # goes on is the trainer's policy (config.on_nonfinite), so the guard
+  # itself never gives up.
+  return optax.apply_if_finite(optax.chain(*parts),
+                               max_consecutive_errors=2**30)
 
 
 def from_config(config: ml_collections.ConfigDict, steps_per_epoch: float):

@@ -98,13 +98,18 @@ def train_step(state: TrainState, batch, *, model, loss_fn, optimizer,
   count = jnp.maximum(jax.lax.psum(count, AXIS), 1.0)
   grads = jax.tree.map(lambda g: jax.lax.psum(g, AXIS) / count, grads)
   loss = jax.lax.psum(total, AXIS) / count
+  # The optimiser zeroes the update of a step with a non-finite gradient
+  # (optax.apply_if_finite); the host applies config.on_nonfinite.
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.tree.norm(grads)
   metrics = {
       "train_loss": loss,
       "learning_rate": schedule(state.step),
-      "grad_norm": optax.tree.norm(grads),
+      "grad_norm": grad_norm,
       "param_norm": optax.tree.norm(params),
+      "finite": (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(
+          jnp.float32),
   }
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state)
@@ -179,6 +184,42 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+class NonFiniteGuard:
+  """Applies config.on_nonfinite to the per-step `finite` flags."""
+
+  def __init__(self, config):
+    if config.on_nonfinite not in ("stop", "skip"):
+      raise errors.ConfigError(
+          f"config.on_nonfinite={config.on_nonfinite!r}: 'stop' or 'skip'.")
+    self._skip = config.on_nonfinite == "skip"
+    self._max_consecutive = config.max_consecutive_nonfinite
+    self._consecutive = 0
+
+  def check(self, first_step: int, flags: List[float], losses: List[float],
+            last_checkpoint) -> None:
+    """`flags[i]` is 1 where step first_step + i was finite; raises
+    TrainingDivergedError when the run must stop."""
+    for i, (finite, loss) in enumerate(zip(flags, losses)):
+      if finite:
+        self._consecutive = 0
+        continue
+      step = first_step + i
+      self._consecutive += 1
+      kept = (f"Parameters were left unchanged by that step and the last "
+              f"checkpoint (step {last_checkpoint}) is intact.")
+      if not self._skip:
+        raise errors.TrainingDivergedError(
+            f"Loss or gradient became non-finite (loss {loss}) at step "
+            f"{step}. {kept} Lower config.optim.base_lr, check the data, or "
+            "set config.on_nonfinite='skip' to skip such steps.")
+      if self._consecutive > self._max_consecutive:
+        raise errors.TrainingDivergedError(
+            f"{self._consecutive} consecutive non-finite steps up to step "
+            f"{step} (config.max_consecutive_nonfinite="
+            f"{self._max_consecutive}): the run has diverged. {kept}")
+      logging.warning("Step %d: non-finite loss %s, step skipped.", step, loss)
+
+
 def _format_duration(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
@@ -191,8 +232,12 @@ class CheckpointStore:
     self._every = config.checkpoint.every_steps
     self._manager = ocp.CheckpointManager(
         os.path.join(workdir, "checkpoints"),
+        # A save is written to a temporary directory and renamed when
+        # complete, so a crash mid-save leaves the previous checkpoints as
+        # they were; the leftover is removed on the next start.
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.checkpoint.keep, create=True))
+            max_to_keep=config.checkpoint.keep, create=True,
+            cleanup_tmp_directories=True))
 
   def latest_step(self):
     return self._manager.latest_step()
@@ -222,6 +267,59 @@ def replicate(tree):
   """Copies `tree` to every local device with the sharding pmap outputs have,
   so the train step is compiled once (not again at step 2)."""
   return jax.pmap(lambda x: x)(jax_utils.replicate(tree))
+
+
+# Keys that change how a run is watched, not what it computes: a resumed run
+# may change them freely.
+RUN_NEUTRAL_KEYS = (
+    "log_every_steps", "eval_every_steps", "eval_per_class", "primary_metric",
+    "checkpoint.", "fewshot.", "on_nonfinite", "max_consecutive_nonfinite",
+    "data.data_dir", "data.prefetch", "data.num_threads",
+    "data.eval_batch_size", "data.eval_split")
+
+
+def _flatten(tree, prefix=""):
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flatten(v, f"{prefix}{k}."))
+  return out
+
+
+def changed_keys(saved: Dict[str, Any], config) -> List[str]:
+  """Keys whose value differs between a saved config.json and `config`,
+  except RUN_NEUTRAL_KEYS, as 'key: old -> new'."""
+  old = _flatten(saved)
+  new = _flatten(json.loads(json.dumps(config.to_dict())))  # Tuples: lists.
+  return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+          for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and not any(
+              k == n or (n.endswith(".") and k.startswith(n))
+              for n in RUN_NEUTRAL_KEYS)]
+
+
+def _check_saved_config(workdir: str, config, allow_change: bool) -> None:
+  """Refuses to continue a workdir whose run was configured differently."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  changed = changed_keys(saved, config)
+  if not changed:
+    return
+  if not allow_change:
+    raise errors.ConfigError(
+        f"{workdir} holds a run with another config ({path}); continuing it "
+        "with this one would not be the same run:\n  " + "\n  ".join(changed)
+        + "\nUse another --workdir, or pass --allow_config_change to "
+        "continue this run with the new values.")
+  if jax.process_index() == 0:
+    kept = os.path.join(workdir, f"config.before_{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.replace(path, kept)
+    logging.warning("Config changed on resume (the old one is kept as %s): "
+                    "%s", kept, "; ".join(changed))
 
 
 def _initialise_from(config, state: TrainState, optimizer
@@ -263,11 +361,13 @@ def _resolve_config(config, data) -> ml_collections.ConfigDict:
   return config
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> Dict[str, Any]:
   """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
 
-  Returns the final summary, also written to results.json.
+  A workdir whose config.json differs from `config` in a key that changes
+  the run is refused unless `allow_config_change`. Returns the final
+  summary, also written to results.json.
   """
   is_chief = jax.process_index() == 0
   num_devices = jax.local_device_count()
@@ -298,6 +398,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       # Before anything is written: a checkpoint that does not fit fails here.
       state, init_report = _initialise_from(config, state, optimizer)
 
+  _check_saved_config(workdir, config, allow_config_change)
   # Only now that config, data and weights are known to be good, touch the
   # workdir.
   os.makedirs(workdir, exist_ok=True)
@@ -340,20 +441,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   batches = jax_utils.prefetch_to_device(data.train_iterator(start_step), 2)
   images_per_step = config.batch_size
   last_time, last_step = time.time(), start_step
-  train_metrics = []
+  train_metrics, unchecked = [], []
+  guard = NonFiniteGuard(config)
   for step in range(start_step + 1, total_steps + 1):
     state, metrics = p_train_step(state, next(batches))
     train_metrics.append(metrics)
+    unchecked.append(metrics)
     scalars = {}
-    if step % config.log_every_steps == 0 or step == total_steps:
-      means = jax.tree.map(lambda *x: float(np.mean([v[0] for v in x])),
-                           *jax.device_get(train_metrics))
+    log_now = step % config.log_every_steps == 0 or step == total_steps
+    save_now = store.due(step) or step == total_steps
+    if log_now or save_now:
+      # Before any checkpoint: no state after a non-finite step is saved
+      # under 'stop'.
+      fetched = jax.device_get([(m["finite"][0], m["train_loss"][0])
+                                for m in unchecked])
+      guard.check(step - len(unchecked) + 1, *map(list, zip(*fetched)),
+                  last_checkpoint=store.latest_step())
+      unchecked = []
+    if log_now:
+      rows = [{k: float(v[0]) for k, v in m.items()}
+              for m in jax.device_get(train_metrics)]
       train_metrics = []
-      if not np.isfinite(means["train_loss"]):
-        raise errors.TrainingDivergedError(
-            f"Loss became {means['train_loss']} by step {step}; the last "
-            f"checkpoint (step {store.latest_step()}) is intact. Lower "
-            "config.optim.base_lr or check the data.")
+      finite_rows = [r for r in rows if r["finite"]] or rows
+      means = {k: float(np.mean([r[k] for r in finite_rows]))
+               for k in rows[0] if k != "finite"}
+      means["nonfinite_steps"] = float(len(rows) - sum(r["finite"]
+                                                       for r in rows))
       now = time.time()
       steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
       last_time, last_step = now, step
@@ -378,7 +491,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if scalars:
       writer.write_scalars(step, scalars)
     # Unreplicating costs a dispatch per tensor: only when saving.
-    if store.due(step) or step == total_steps:
+    if save_now:
       if store.save(step, unreplicate(state),
                     force=step == total_steps):
         logging.info("Saved a checkpoint at step %d.", step)
@@ -412,6 +525,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "fewshot_seed": (config.data.fewshot_seed
                        if config.data.examples_per_class else None),
       "train_examples": len(data.train), "label_names": data.label_names,
+      # Counted in the optimiser state, so across restarts too.
+      "nonfinite_steps": int(unreplicate(state.opt_state.total_notfinite)),
   }
   if init_report is not None:
     summary["init"] = {k: len(v) for k, v in init_report.items()}

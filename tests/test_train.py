@@ -61,7 +61,7 @@ def test_resume_continues_the_same_run(tiny_fmnist_data_dir, tmp_path):
   train.train_and_evaluate(
       fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=4), parts)
   assert _final_params(parts)[0] == 4
-  train.train_and_evaluate(config, parts)
+  train.train_and_evaluate(config, parts, allow_config_change=True)
 
   train_whole, train_parts = ([r for r in _read_metrics(w) if "train_loss" in r]
                                for w in (whole, parts))
