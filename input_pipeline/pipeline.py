@@ -8,10 +8,12 @@ slice of every global batch. Hence:
   * the global batch is the same whatever the host and device count;
   * augmentation draws stateless random numbers seeded by (seed, p).
 """
+import collections
 import copy
 import dataclasses
 import functools
 import os
+import re
 from typing import Dict, Iterator, Optional, Sequence
 
 import ml_collections
@@ -28,6 +30,16 @@ from input_pipeline import preprocessing
 _READ_CHUNK = 256  # Records fetched per random-access call.
 # Features that name an example, in order of preference.
 ID_FEATURES = ("source_path", "id", "image/filename", "file_name", "image_id")
+
+
+# Batches of record indices remembered for naming an undecodable image: more
+# than tf.data reads ahead of the batch being consumed.
+_RECENT_READS = 32
+
+
+def tf_error_text(error: tf.errors.OpError) -> str:
+  """A TF op error's message without its node and function decorations."""
+  return re.sub(r"\{\{[^}]*\}\}\s*", "", error.message).splitlines()[0].strip()
 
 
 class DatasetNotFoundError(errors.DataError, FileNotFoundError):
@@ -475,6 +487,54 @@ class Pipeline:
           f"{self.num_hosts * self.num_local_devices} devices.")
     return per_host
 
+  def _iterate(self, source: "MixedSource", batches, train: bool,
+               per_host: int) -> Iterator[Dict[str, np.ndarray]]:
+    """Batches of `source` as numpy; an image that fails to decode is named
+    (dataset, split, record, id) instead of surfacing as a bare TF error."""
+    recent = collections.deque(maxlen=_RECENT_READS)
+
+    def recorded():
+      for positions, indices in batches:
+        recent.append(indices)
+        yield positions, indices
+
+    iterator = self._dataset(source, recorded(), train,
+                             per_host).as_numpy_iterator()
+    while True:
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        return
+      except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+        raise self._undecodable(source, recent, e) from e
+      yield batch
+
+  @staticmethod
+  def _undecodable(source: "MixedSource", recent, error) -> errors.DataError:
+    """Finds, among the records read last, those whose image fails to decode."""
+    bad = []
+    for indices in recent.copy():  # Atomic; tf.data's thread still appends.
+      for index in indices.tolist():
+        source_id = int(np.searchsorted(source.offsets, index, side="right") - 1)
+        src = source.sources[source_id]
+        position = index - source.offsets[source_id]
+        (image, _), = src.read(np.array([position]))
+        try:
+          src.image_feature.decode_example(tf.constant(image))
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+          bad.append((src, position))
+    where = "; ".join(
+        f"{src.builder.name}[{src.split}] record {int(src.indices[p])} "
+        f"(id {src.example_ids(np.array([p]))[0]})" for src, p in bad[:5])
+    builder = (bad[0][0] if bad else source.sources[0]).builder
+    return errors.DataError(
+        f"An image of the built dataset {builder.data_dir} cannot be decoded: "
+        f"{where or 'record not located'} ({tf_error_text(error)}). Its "
+        f"files are damaged: move {builder.data_dir} away and rebuild it:\n"
+        "  tfds build "
+        f"--imports=input_pipeline.datasets {builder.name} "
+        f"--data_dir={builder.data_dir_root} --manual_dir=DIR")
+
   def train_iterator(self, start_step: int) -> Iterator[Dict[str, np.ndarray]]:
     """Infinite iterator of training batches [devices, per_device, ...] from `start_step`."""
     batch = self.config.batch_size
@@ -485,8 +545,7 @@ class Pipeline:
                                         self.config.data.weights,
                                         self.config.seed))
                    for p, _ in positions)
-    ds = self._dataset(self.train, positions, True, self._per_host(batch))
-    return ds.as_numpy_iterator()
+    return self._iterate(self.train, positions, True, self._per_host(batch))
 
   def eval_batch_size(self) -> int:
     return self.config.data.eval_batch_size or self.config.batch_size
@@ -502,5 +561,4 @@ class Pipeline:
     batch = self.eval_batch_size()
     positions = eval_positions(len(source), batch, self.host_id,
                                self.num_hosts)
-    ds = self._dataset(source, positions, False, self._per_host(batch))
-    return ds.as_numpy_iterator()
+    return self._iterate(source, positions, False, self._per_host(batch))

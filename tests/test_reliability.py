@@ -233,3 +233,33 @@ def test_sigkill_anywhere_then_resume_is_the_uninterrupted_run(
   # The same data in the same order: every step's loss is the same.
   assert _train_losses(whole) == _train_losses(crashed)
   assert sorted(_train_losses(crashed)) == list(range(1, 10))
+
+
+def test_undecodable_image_at_training_time_is_named(tiny_fmnist_data_dir,
+                                                     tmp_path, monkeypatch):
+  """Damaged bytes in a built dataset (as after a disk fault): the error
+  names the record, and the checkpoints already written stay intact."""
+  original = pipeline.Source.read
+
+  def read(self, positions):
+    for record, (image, labels) in zip(self.indices[positions],
+                                       original(self, positions)):
+      yield (image[:40] if self.split == "train" and record == 7 else image,
+             labels)
+  monkeypatch.setattr(pipeline.Source, "read", read)
+  data_before = _snapshot(tiny_fmnist_data_dir)
+  workdir = str(tmp_path / "run")
+  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=12)
+  config.checkpoint.every_steps = 1
+  config.checkpoint.keep = 20
+  with pytest.raises(errors.DataError) as e:
+    train.train_and_evaluate(config, workdir)
+  message = str(e.value)
+  assert "fashion_mnist_local[train] record 7 (id " in message
+  assert "(Invalid PNG. Failed to initialize decoder.)" in message
+  assert "cannot be decoded" in message and "tfds build" in message
+  for step in _checkpoint_steps(workdir):
+    params = _restore(workdir, step)["params"]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  assert _snapshot(tiny_fmnist_data_dir) == data_before

@@ -1,5 +1,6 @@
 """Pieces shared by the chest X-ray builders: features, image loading, CSV fields."""
 import dataclasses
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -128,6 +129,13 @@ def load_image(path: str, max_short_side: Optional[int], dtype=np.uint8):
   return array[..., None]
 
 
+def strict_image_error(dataset: str, split: str,
+                       error: ImageError) -> errors.DataError:
+  return errors.DataError(
+      f"{dataset}[{split}]: {error}. Fix or restore the file, or build "
+      "without strict_images to skip such images.")
+
+
 class SkipCounter:
   """Counts images skipped during a build and logs the first few by name."""
 
@@ -137,9 +145,7 @@ class SkipCounter:
 
   def skip(self, error: ImageError):
     if self.fatal:
-      raise errors.DataError(
-          f"{self.dataset}[{self.split}]: {error}. Fix or restore the file, "
-          "or build without strict_images to skip such images.") from error
+      raise strict_image_error(self.dataset, self.split, error) from error
     self.skipped.append(str(error))
     if len(self.skipped) <= self.show:
       logging.warning("%s[%s]: skipping image %s", self.dataset, self.split,
@@ -150,6 +156,20 @@ class SkipCounter:
       logging.warning("%s[%s]: skipped %d unreadable images (first: %s).",
                       self.dataset, self.split, len(self.skipped),
                       "; ".join(self.skipped[:self.show]))
+
+
+def _beam_example(row, locate, max_short_side, dtype, strict, dataset, split):
+  """Beam worker: [(key, example)] for one row, [] for a skipped image."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  try:
+    image = load_image(locate(row), max_short_side, dtype)
+  except ImageError as e:
+    if strict:
+      raise strict_image_error(dataset, split, e) from e
+    beam.metrics.Metrics.counter(dataset, f"{split}_skipped_images").inc()
+    logging.warning("%s[%s]: skipping image %s", dataset, split, e)
+    return []
+  return [(row["source_path"], dict(row, image=image))]
 
 
 def patient_split(patient_ids: Sequence[str], fractions: dict, seed: int = 0
@@ -193,9 +213,29 @@ class CxrBuilder(base.ArrayRecordBuilderMixin, tfds.core.GeneratorBasedBuilder):
         metadata=tfds.core.MetadataDict(label_names=list(self.LABEL_NAMES)),
     )
 
+  def _generate_splits(self, dl_manager, download_config):
+    # `tfds build --beam_pipeline_options=...` (or a DownloadConfig with a
+    # Beam runner or options) builds through Beam: images are read and
+    # resized by the runner's workers (Dataflow, Spark, Flink, DirectRunner).
+    self._use_beam = bool(download_config.beam_runner or
+                          download_config.beam_options)
+    return super()._generate_splits(dl_manager, download_config)
+
   def _generate_examples(self, split: str, rows, locate):
-    """Yields the rows (example fields, keyed by source_path) with their
-    images; `locate(row)` gives the image file. Bad images are skipped."""
+    """The rows (example fields, keyed by source_path) with their images;
+    `locate(row)` gives the image file. Bad images are skipped (counted), or
+    fatal with strict_images. A generator, or a Beam PTransform when the
+    build runs on Beam."""
+    if getattr(self, "_use_beam", False):
+      import apache_beam as beam  # pylint: disable=g-import-not-at-top
+      return beam.Create(rows) | beam.FlatMap(functools.partial(
+          _beam_example, locate=locate,
+          max_short_side=self.builder_config.max_short_side,
+          dtype=self.IMAGE_DTYPE, strict=self.builder_config.strict_images,
+          dataset=self.name, split=split))
+    return self._generate_local(split, rows, locate)
+
+  def _generate_local(self, split: str, rows, locate):
     counter = SkipCounter(self.name, split,
                           fatal=self.builder_config.strict_images)
     for row in rows:
