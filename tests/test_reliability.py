@@ -263,3 +263,33 @@ def test_undecodable_image_at_training_time_is_named(tiny_fmnist_data_dir,
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
   assert not os.path.exists(os.path.join(workdir, "results.json"))
   assert _snapshot(tiny_fmnist_data_dir) == data_before
+
+
+def test_failing_checkpoint_write_keeps_earlier_checkpoints(
+    tiny_fmnist_data_dir, tmp_path, monkeypatch):
+  """A save that fails (here: its final rename, as on a full or read-only
+  disk) stops the run; the earlier checkpoints stay whole and the same
+  command then continues from them."""
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+  original = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def finalize(self, *args, **kwargs):
+    if os.path.basename(str(self.get_final())) == "3":
+      raise OSError(28, "No space left on device")
+    return await original(self, *args, **kwargs)
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize",
+                      finalize)
+  workdir = str(tmp_path / "run")
+  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=5)
+  config.checkpoint.every_steps = 1
+  config.checkpoint.keep = 10
+  with pytest.raises(Exception, match="No space left on device"):
+    train.train_and_evaluate(config, workdir)
+  assert _checkpoint_steps(workdir) == [1, 2]
+  for step in (1, 2):
+    _restore(workdir, step)
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize",
+                      original)
+  summary = train.train_and_evaluate(config, workdir)
+  assert summary["step"] == 5 and _checkpoint_steps(workdir) == [1, 2, 3, 4, 5]
