@@ -453,9 +453,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if log_now or save_now:
       # Before any checkpoint: no state after a non-finite step is saved
       # under 'stop'.
-      fetched = jax.device_get([(m["finite"][0], m["train_loss"][0])
-                                for m in unchecked])
-      guard.check(step - len(unchecked) + 1, *map(list, zip(*fetched)),
+      fetched = jax.device_get([(m["finite"], m["train_loss"])
+                                for m in unchecked])  # One transfer, no ops.
+      guard.check(step - len(unchecked) + 1, [f[0] for f, _ in fetched],
+                  [loss[0] for _, loss in fetched],
                   last_checkpoint=store.latest_step())
       unchecked = []
     if log_now:
