@@ -1,0 +1,290 @@
+r"""Benchmarks: one JSON line per measurement.
+
+  python -m big_transfer_med.benchmark --model=R50x1 --resolution=224 \
+      --batch_size=8 --steps=10                          # train step (+ peak)
+  python -m big_transfer_med.benchmark --what=memory --model=R152x4 --resolution=480
+  python -m big_transfer_med.benchmark --what=input,e2e \
+      --config=configs/r50x1_chest.py:sources=nih14 --config.data.data_dir=DIR
+
+Measurements (`--what`, comma-separated):
+  peak    dense float32 matmul FLOP/s of one device (the MFU denominator);
+  train   the trainer's pmapped train step on random data: step time,
+          images/s, GFLOPs per image (XLA cost analysis), FLOP/s and MFU;
+  memory  the train step's device memory (XLA memory analysis of the
+          compiled step; compiles only, so any size can be asked for);
+  input   images/s (and per CPU core) of the config's training pipeline:
+          built TFDS data through the real decoding, preprocessing and
+          augmentation;
+  e2e     training steps/s with the config's pipeline feeding the step, as a
+          fraction of the model-only rate at the same shapes.
+`train` and `memory` take --model, --resolution, --batch_size (per device),
+--channels, --num_classes; `input` and `e2e` take them from --config.
+"""
+import functools
+import json
+import os
+import time
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from big_transfer_med import config_lib
+from big_transfer_med import losses
+from big_transfer_med import models
+from big_transfer_med import optim
+from big_transfer_med import train
+
+FLAGS = flags.FLAGS
+# Untimed steps first: the step is compiled again when the state or batch
+# arrives with another layout (first call vs. later calls).
+WARMUP_STEPS = 2
+
+
+def emit(record: Dict[str, Any]) -> Dict[str, Any]:
+  print(json.dumps(record, sort_keys=True), flush=True)
+  return record
+
+
+def _device() -> Dict[str, Any]:
+  d = jax.local_devices()[0]
+  return {"platform": d.platform, "device_kind": d.device_kind,
+          "local_devices": jax.local_device_count(),
+          "cpu_cores": os.cpu_count()}
+
+
+def _best_time(fn, repeats: int) -> float:
+  """Best wall time of `fn()` (which must block) over `repeats` runs."""
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5,
+                dtype=jnp.float32) -> Dict[str, Any]:
+  """Measured dense matmul FLOP/s of one device."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
+  dot = jax.jit(lambda x: x @ x)
+  dot(a).block_until_ready()
+  seconds = _best_time(lambda: dot(a).block_until_ready(), repeats)
+  return emit({"measurement": "matmul_peak", "size": size,
+               "dtype": jnp.dtype(dtype).name, "seconds": seconds,
+               "flops_per_sec": 2 * size ** 3 / seconds, **_device()})
+
+
+def _parts(model_name: str, num_classes: int, loss: str):
+  """Model, the trainer's optimiser (constant rate) and its train_step."""
+  model = models.get_model(model_name, num_classes)
+  schedule = optim.create_schedule(0.01, 1_000_000)
+  optimizer = optim.create_optimizer(schedule, weight_decay=1e-4)
+  step_fn = functools.partial(train.train_step, model=model,
+                              loss_fn=losses.get_loss(loss),
+                              optimizer=optimizer, schedule=schedule)
+  return model, optimizer, step_fn
+
+
+def _pmapped(step_fn):
+  return jax.pmap(step_fn, axis_name=train.AXIS, donate_argnums=(0,))
+
+
+def _random_batch(per_device_batch: int, image_shape, num_classes: int):
+  """A batch of noise images and one-hot labels, on the local devices."""
+  rng = np.random.default_rng(0)
+  shape = (jax.local_device_count(), per_device_batch)
+  return _to_devices({
+      "image": rng.standard_normal(shape + image_shape, dtype=np.float32),
+      "labels": np.eye(num_classes, dtype=np.float32)[
+          rng.integers(0, num_classes, shape)],
+      "mask": np.ones(shape, np.float32),
+  })
+
+
+def _to_devices(batch):
+  """[devices, ...] host arrays -> one shard per local device, laid out as
+  pmap outputs are (so the step is not recompiled for them)."""
+  return jax.pmap(lambda x: x)(batch)
+
+
+def train_step_speed(model_name: str, resolution: int, per_device_batch: int,
+                     steps: int, channels: int = 3, num_classes: int = 1000,
+                     loss: str = "softmax_xent", peak=None) -> Dict[str, Any]:
+  """Step time, images/s, GFLOPs/image and MFU of the trainer's step."""
+  model, optimizer, step_fn = _parts(model_name, num_classes, loss)
+  image_shape = (resolution, resolution, channels)
+  state = train.replicate(train.create_train_state(
+      config_lib.base_config(), model, optimizer, image_shape))
+  step = _pmapped(step_fn)
+  batch = _random_batch(per_device_batch, image_shape, num_classes)
+  compiled = step.lower(state, batch).compile()
+  flops = _flops(compiled)  # One device's share of one step.
+  for _ in range(WARMUP_STEPS):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  seconds = float(np.median(times))
+  devices = jax.local_device_count()
+  record = {"measurement": "train_step", "model": model_name,
+            "resolution": resolution, "per_device_batch": per_device_batch,
+            "precision": "float32", "steps": steps,
+            "step_seconds": seconds, "step_seconds_min": float(min(times)),
+            "images_per_sec": devices * per_device_batch / seconds,
+            **_device()}
+  if flops:
+    record["gflops_per_image"] = flops / per_device_batch / 1e9
+    record["flops_per_sec_per_device"] = flops / seconds
+    if peak:
+      record["mfu"] = flops / seconds / peak
+  return emit(record)
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # Older JAX: one per computation.
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", 0.0))
+
+
+def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
+                      channels: int = 3, num_classes: int = 1000,
+                      loss: str = "softmax_xent") -> Dict[str, Any]:
+  """Device memory of one compiled train step (no step is run)."""
+  model, optimizer, fn = _parts(model_name, num_classes, loss)
+  image_shape = (resolution, resolution, channels)
+  state = jax.eval_shape(lambda: train.create_train_state(
+      config_lib.base_config(), model, optimizer, image_shape))
+  batch = {"image": jax.ShapeDtypeStruct((per_device_batch,) + image_shape,
+                                         jnp.float32),
+           "labels": jax.ShapeDtypeStruct((per_device_batch, num_classes),
+                                          jnp.float32),
+           "mask": jax.ShapeDtypeStruct((per_device_batch,), jnp.float32)}
+  # One device's program; psum over a 1-device axis keeps the trainer's code.
+  compiled = jax.jit(jax.vmap(fn, axis_name=train.AXIS),
+                     donate_argnums=(0,)).lower(
+      *jax.tree.map(lambda x: jax.ShapeDtypeStruct((1,) + x.shape, x.dtype),
+                    (state, batch))).compile()
+  m = compiled.memory_analysis()
+  parts = {k: int(getattr(m, f"{k}_size_in_bytes", 0)) for k in
+           ("argument", "output", "temp", "alias", "generated_code")}
+  peak = parts["argument"] + parts["output"] + parts["temp"] - parts["alias"]
+  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  return emit({"measurement": "train_step_memory", "model": model_name,
+               "resolution": resolution, "per_device_batch": per_device_batch,
+               "parameters": params, "peak_bytes": peak,
+               "peak_gib": peak / 2 ** 30,
+               **{f"{k}_bytes": v for k, v in parts.items()}, **_device()})
+
+
+def input_speed(config, batches: int) -> Dict[str, Any]:
+  """Images/s of the config's training pipeline (after one warm-up batch)."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  data = pipeline.Pipeline(config, num_local_devices=jax.local_device_count())
+  iterator = data.train_iterator(0)
+  next(iterator)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  seconds = time.perf_counter() - start
+  images = batches * config.batch_size
+  cores = config.data.num_threads or os.cpu_count()
+  return emit({"measurement": "input_pipeline",
+               "data": "+".join(config.data.sources) or config.data.name,
+               "augment": config.data.augment,
+               "resolution": config.data.resolution, "batches": batches,
+               "images_per_sec": images / seconds,
+               "images_per_sec_per_core": images / seconds / cores,
+               "cores": cores, **_device()})
+
+
+def end_to_end(config, steps: int) -> Dict[str, Any]:
+  """Train steps/s fed by the real pipeline vs. the same step on one fixed
+  batch (model only)."""
+  from flax import jax_utils  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  data = pipeline.Pipeline(config, num_local_devices=jax.local_device_count())
+  model, optimizer, step_fn = _parts(config.model.name, data.num_classes,
+                                     config.loss)
+  res = config.data.resolution
+  state = train.replicate(train.create_train_state(
+      config, model, optimizer, (res, res, config.data.channels)))
+  step = _pmapped(step_fn)
+  # The model-only rate first, while no tf.data threads compete for the
+  # cores: the first batch comes from an iterator that is then dropped.
+  fixed = _to_devices(next(data.train_iterator(0)))
+  for _ in range(WARMUP_STEPS):
+    state, metrics = step(state, fixed)
+  jax.block_until_ready(metrics)
+
+  def run(next_batch):
+    nonlocal state
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, out = step(state, next_batch())
+    jax.block_until_ready(out)
+    return steps / (time.perf_counter() - start)
+
+  model_only = run(lambda: fixed)
+  batches = jax_utils.prefetch_to_device(data.train_iterator(1), 2)
+  for _ in range(WARMUP_STEPS):  # Also fills the pipeline's buffers.
+    state, metrics = step(state, next(batches))
+  with_input = run(lambda: next(batches))
+  return emit({"measurement": "end_to_end", "model": config.model.name,
+               "data": "+".join(config.data.sources) or config.data.name,
+               "resolution": res, "global_batch": config.batch_size,
+               "steps": steps, "steps_per_sec": with_input,
+               "model_only_steps_per_sec": model_only,
+               "fraction_of_model_only": with_input / model_only,
+               **_device()})
+
+
+def _define_flags():
+  flags.DEFINE_list("what", ["peak", "train"],
+                    "Measurements: peak, train, memory, input, e2e.")
+  flags.DEFINE_string("model", "R50x1", "train/memory: model name.")
+  flags.DEFINE_integer("resolution", 224, "train/memory: input size.")
+  flags.DEFINE_integer("batch_size", 8, "train/memory: per-device batch.")
+  flags.DEFINE_integer("channels", 3, "train/memory: image channels.")
+  flags.DEFINE_integer("num_classes", 1000, "train/memory: classes.")
+  flags.DEFINE_integer("steps", 10, "Timed steps (train, e2e) or batches (input).")
+  flags.DEFINE_integer("peak_size", 2048, "peak: matmul size.")
+  config_flags.DEFINE_config_file("config", None,
+                                  "input/e2e: a training config file.",
+                                  lock_config=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  unknown = set(FLAGS.what) - {"peak", "train", "memory", "input", "e2e"}
+  if unknown:
+    raise app.UsageError(f"--what: unknown {sorted(unknown)}.")
+  if {"input", "e2e"} & set(FLAGS.what) and FLAGS.config is None:
+    raise app.UsageError("--what=input/e2e needs --config=FILE (the data).")
+  peak = (matmul_peak(FLAGS.peak_size)["flops_per_sec"]
+          if "peak" in FLAGS.what else None)
+  if "train" in FLAGS.what:
+    train_step_speed(FLAGS.model, FLAGS.resolution, FLAGS.batch_size,
+                     FLAGS.steps, FLAGS.channels, FLAGS.num_classes, peak=peak)
+  if "memory" in FLAGS.what:
+    train_step_memory(FLAGS.model, FLAGS.resolution, FLAGS.batch_size,
+                      FLAGS.channels, FLAGS.num_classes)
+  if "input" in FLAGS.what:
+    input_speed(FLAGS.config, FLAGS.steps)
+  if "e2e" in FLAGS.what:
+    end_to_end(FLAGS.config, FLAGS.steps)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
