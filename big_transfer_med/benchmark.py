@@ -109,7 +109,7 @@ def _random_batch(per_device_batch: int, image_shape, num_classes: int):
 def _to_devices(batch):
   """[devices, ...] host arrays -> one shard per local device, laid out as
   pmap outputs are (so the step is not recompiled for them)."""
-  return jax.pmap(lambda x: x)(batch)
+  return jax.pmap(lambda x: x, axis_name=train.AXIS)(batch)
 
 
 def train_step_speed(model_name: str, resolution: int, per_device_batch: int,

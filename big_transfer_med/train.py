@@ -264,9 +264,10 @@ class CheckpointStore:
 
 
 def replicate(tree):
-  """Copies `tree` to every local device with the sharding pmap outputs have,
-  so the train step is compiled once (not again at step 2)."""
-  return jax.pmap(lambda x: x)(jax_utils.replicate(tree))
+  """Copies `tree` to every local device with the sharding the train step's
+  outputs have (pmap over the same axis name: its mesh axis is part of the
+  sharding), so the step is compiled once, not again at step 2."""
+  return jax.pmap(lambda x: x, axis_name=AXIS)(jax_utils.replicate(tree))
 
 
 # Keys that change how a run is watched, not what it computes: a resumed run

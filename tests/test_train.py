@@ -72,3 +72,24 @@ def test_resume_continues_the_same_run(tiny_fmnist_data_dir, tmp_path):
   step_b, params_b = _final_params(parts)
   assert step_a == step_b == 6
   jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def test_replicated_state_is_laid_out_as_the_step_returns_it():
+  """Otherwise the train step is compiled twice (at step 1 and step 2)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import config_lib, losses, models, optim  # pylint: disable=g-import-not-at-top
+  model = models.get_model("R26x1", 5)
+  schedule = optim.create_schedule(0.1, 10)
+  optimizer = optim.create_optimizer(schedule)
+  state = train.replicate(train.create_train_state(
+      config_lib.base_config(), model, optimizer, (16, 16, 1)))
+  before = [x.sharding for x in jax.tree.leaves(state)]
+  step = jax.pmap(functools.partial(
+      train.train_step, model=model, loss_fn=losses.get_loss("softmax_xent"),
+      optimizer=optimizer, schedule=schedule), axis_name=train.AXIS)
+  n = jax.local_device_count()
+  batch = {"image": np.zeros((n, 2, 16, 16, 1), np.float32),
+           "labels": np.eye(5, dtype=np.float32)[np.zeros((n, 2), int)],
+           "mask": np.ones((n, 2), np.float32)}
+  state, _ = step(state, batch)
+  assert [x.sharding for x in jax.tree.leaves(state)] == before
