@@ -18,6 +18,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import jax_utils
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from big_transfer_med import checkpoints
@@ -279,20 +280,12 @@ RUN_NEUTRAL_KEYS = (
     "data.eval_batch_size", "data.eval_split")
 
 
-def _flatten(tree, prefix=""):
-  if not isinstance(tree, dict):
-    return {prefix[:-1]: tree}
-  out = {}
-  for k, v in tree.items():
-    out.update(_flatten(v, f"{prefix}{k}."))
-  return out
-
-
 def changed_keys(saved: Dict[str, Any], config) -> List[str]:
   """Keys whose value differs between a saved config.json and `config`,
   except RUN_NEUTRAL_KEYS, as 'key: old -> new'."""
-  old = _flatten(saved)
-  new = _flatten(json.loads(json.dumps(config.to_dict())))  # Tuples: lists.
+  old = traverse_util.flatten_dict(saved, sep=".")
+  new = traverse_util.flatten_dict(  # Through JSON: tuples become lists.
+      json.loads(json.dumps(config.to_dict())), sep=".")
   return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
           for k in sorted(set(old) | set(new))
           if old.get(k) != new.get(k) and not any(
