@@ -16,13 +16,22 @@ Measurements (`--what`, comma-separated):
           built TFDS data through the real decoding, preprocessing and
           augmentation;
   e2e     training steps/s with the config's pipeline feeding the step, as a
-          fraction of the model-only rate at the same shapes.
-`train` and `memory` take --model, --resolution, --batch_size (per device),
---channels, --num_classes; `input` and `e2e` take them from --config.
+          fraction of the model-only rate at the same shapes;
+  timm    peer: PyTorch + timm's BiT ResNet-v2 train step at the same model,
+          resolution, batch and precision (AMP bfloat16 + channels_last on a
+          GPU); `ratio` = our images/s over its images/s (with `train`);
+  seed_input  peer: the seed paper's OpenCV + albumentations recipe on the
+          same encoded images as `input` reads; `ratio` = our images/s per
+          core over its images/s per core (with `input`).
+`train`, `memory` and `timm` take --model, --resolution, --batch_size (per
+device), --precision, --channels, --num_classes; `input`, `e2e` and
+`seed_input` take them from --config. The peers need requirements-peers.txt.
 """
 import functools
+import glob
 import json
 import os
+import tempfile
 import time
 from typing import Any, Dict
 
@@ -34,15 +43,20 @@ from absl import flags
 from ml_collections import config_flags
 
 from big_transfer_med import config_lib
+from big_transfer_med import errors
 from big_transfer_med import losses
 from big_transfer_med import models
 from big_transfer_med import optim
+from big_transfer_med import peers
 from big_transfer_med import train
 
 FLAGS = flags.FLAGS
 # Untimed steps first: the step is compiled again when the state or batch
 # arrives with another layout (first call vs. later calls).
 WARMUP_STEPS = 2
+E2E_ROUNDS = 3  # Alternating model-only / with-input blocks of --steps.
+MEASUREMENTS = ("peak", "train", "memory", "input", "e2e", "timm",
+                "seed_input")
 
 
 def emit(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -79,9 +93,10 @@ def matmul_peak(size: int = 2048, repeats: int = 5,
                "flops_per_sec": 2 * size ** 3 / seconds, **_device()})
 
 
-def _parts(model_name: str, num_classes: int, loss: str):
+def _parts(model_name: str, num_classes: int, loss: str,
+           precision: str = "float32"):
   """Model, the trainer's optimiser (constant rate) and its train_step."""
-  model = models.get_model(model_name, num_classes)
+  model = models.get_model(model_name, num_classes, precision)
   schedule = optim.create_schedule(0.01, 1_000_000)
   optimizer = optim.create_optimizer(schedule, weight_decay=1e-4)
   step_fn = functools.partial(train.train_step, model=model,
@@ -114,9 +129,10 @@ def _to_devices(batch):
 
 def train_step_speed(model_name: str, resolution: int, per_device_batch: int,
                      steps: int, channels: int = 3, num_classes: int = 1000,
-                     loss: str = "softmax_xent", peak=None) -> Dict[str, Any]:
+                     loss: str = "softmax_xent", peak=None,
+                     precision: str = "float32") -> Dict[str, Any]:
   """Step time, images/s, GFLOPs/image and MFU of the trainer's step."""
-  model, optimizer, step_fn = _parts(model_name, num_classes, loss)
+  model, optimizer, step_fn = _parts(model_name, num_classes, loss, precision)
   image_shape = (resolution, resolution, channels)
   state = train.replicate(train.create_train_state(
       config_lib.base_config(), model, optimizer, image_shape))
@@ -137,7 +153,7 @@ def train_step_speed(model_name: str, resolution: int, per_device_batch: int,
   devices = jax.local_device_count()
   record = {"measurement": "train_step", "model": model_name,
             "resolution": resolution, "per_device_batch": per_device_batch,
-            "precision": "float32", "steps": steps,
+            "precision": precision, "steps": steps,
             "step_seconds": seconds, "step_seconds_min": float(min(times)),
             "images_per_sec": devices * per_device_batch / seconds,
             **_device()}
@@ -158,9 +174,10 @@ def _flops(compiled) -> float:
 
 def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
                       channels: int = 3, num_classes: int = 1000,
-                      loss: str = "softmax_xent") -> Dict[str, Any]:
+                      loss: str = "softmax_xent", precision: str = "float32"
+                      ) -> Dict[str, Any]:
   """Device memory of one compiled train step (no step is run)."""
-  model, optimizer, fn = _parts(model_name, num_classes, loss)
+  model, optimizer, fn = _parts(model_name, num_classes, loss, precision)
   image_shape = (resolution, resolution, channels)
   state = jax.eval_shape(lambda: train.create_train_state(
       config_lib.base_config(), model, optimizer, image_shape))
@@ -181,6 +198,7 @@ def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   return emit({"measurement": "train_step_memory", "model": model_name,
                "resolution": resolution, "per_device_batch": per_device_batch,
+               "precision": precision,
                "parameters": params, "peak_bytes": peak,
                "peak_gib": peak / 2 ** 30,
                **{f"{k}_bytes": v for k, v in parts.items()}, **_device()})
@@ -209,12 +227,12 @@ def input_speed(config, batches: int) -> Dict[str, Any]:
 
 def end_to_end(config, steps: int) -> Dict[str, Any]:
   """Train steps/s fed by the real pipeline vs. the same step on one fixed
-  batch (model only)."""
+  batch (model only), in alternating blocks of `steps` (medians)."""
   from flax import jax_utils  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   data = pipeline.Pipeline(config, num_local_devices=jax.local_device_count())
   model, optimizer, step_fn = _parts(config.model.name, data.num_classes,
-                                     config.loss)
+                                     config.loss, config.model.precision)
   res = config.data.resolution
   state = train.replicate(train.create_train_state(
       config, model, optimizer, (res, res, config.data.channels)))
@@ -234,30 +252,95 @@ def end_to_end(config, steps: int) -> Dict[str, Any]:
     jax.block_until_ready(out)
     return steps / (time.perf_counter() - start)
 
-  model_only = run(lambda: fixed)
+  first_model_only = run(lambda: fixed)
   batches = jax_utils.prefetch_to_device(data.train_iterator(1), 2)
   for _ in range(WARMUP_STEPS):  # Also fills the pipeline's buffers.
     state, metrics = step(state, next(batches))
-  with_input = run(lambda: next(batches))
+  # Alternating blocks, medians: the machine's speed drifts (shared CPUs),
+  # which would otherwise bias whichever rate was measured later.
+  rates = [(run(lambda: fixed), run(lambda: next(batches)))
+           for _ in range(E2E_ROUNDS)]
+  model_only = float(np.median([first_model_only] + [r[0] for r in rates]))
+  with_input = float(np.median([r[1] for r in rates]))
   return emit({"measurement": "end_to_end", "model": config.model.name,
                "data": "+".join(config.data.sources) or config.data.name,
                "resolution": res, "global_batch": config.batch_size,
-               "steps": steps, "steps_per_sec": with_input,
+               "steps": steps, "rounds": E2E_ROUNDS,
+               "steps_per_sec": with_input,
                "model_only_steps_per_sec": model_only,
                "fraction_of_model_only": with_input / model_only,
                **_device()})
 
 
+def timm_peer(model_name: str, resolution: int, per_device_batch: int,
+              steps: int, precision: str, channels: int, num_classes: int,
+              ours=None) -> Dict[str, Any]:
+  """The timm train step at the same global batch; ratio = ours / peer."""
+  batch = jax.local_device_count() * per_device_batch
+  record = {"measurement": "peer_train_step", "model": model_name,
+            "resolution": resolution, "batch": batch, "precision": precision,
+            "steps": steps,
+            **peers.timm_train_step_in_subprocess(
+                model_name=model_name, resolution=resolution, batch_size=batch,
+                steps=steps, warmup_steps=WARMUP_STEPS, precision=precision,
+                channels=channels, num_classes=num_classes), **_device()}
+  if ours:
+    record["ours_images_per_sec"] = ours["images_per_sec"]
+    record["ratio"] = ours["images_per_sec"] / record["peer_images_per_sec"]
+  return emit(record)
+
+
+def seed_input_peer(config, images: int, files_pattern: str = "",
+                    ours=None) -> Dict[str, Any]:
+  """The seed recipe on the encoded images of the config's first training
+  source (written out as files), or on `files_pattern` (e.g. the released
+  files, which is what the seed code reads); ratio = ours per core / peer
+  per core."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  c = config.data
+  if files_pattern:
+    paths = sorted(glob.glob(files_pattern))[:images]
+    if not paths:
+      raise errors.ConfigError(f"--peer_files={files_pattern!r} matches no "
+                               "file.")
+    result = peers.seed_input_recipe(paths, c.resolution, c.shift, c.scale,
+                                     c.rotation)
+    origin = {"peer_reads": files_pattern}
+  else:
+    source = pipeline.Pipeline(config).train.sources[0]
+    positions = np.arange(min(images, len(source)))
+    encoded = [image for image, _ in source.read(positions)]
+    encoding = source.image_feature.encoding_format or "png"  # TFDS default.
+    with tempfile.TemporaryDirectory() as directory:
+      paths = peers.write_encoded_images(encoded, directory, encoding)
+      result = peers.seed_input_recipe(paths, c.resolution, c.shift, c.scale,
+                                       c.rotation)
+    origin = {"peer_reads": f"{source.builder.name}[{source.split}] as stored",
+              "encoding": encoding}
+  record = {"measurement": "peer_input", "resolution": c.resolution,
+            **origin, **result, **_device()}
+  if ours:
+    record["ours_images_per_sec_per_core"] = ours["images_per_sec_per_core"]
+    record["ratio"] = (ours["images_per_sec_per_core"] /
+                       result["peer_images_per_sec_per_core"])
+  return emit(record)
+
+
 def _define_flags():
   flags.DEFINE_list("what", ["peak", "train"],
-                    "Measurements: peak, train, memory, input, e2e.")
+                    f"Measurements: {', '.join(MEASUREMENTS)}.")
   flags.DEFINE_string("model", "R50x1", "train/memory: model name.")
   flags.DEFINE_integer("resolution", 224, "train/memory: input size.")
   flags.DEFINE_integer("batch_size", 8, "train/memory: per-device batch.")
+  flags.DEFINE_enum("precision", "float32", sorted(models.PRECISIONS),
+                    "train/memory/timm: compute precision (model.precision).")
   flags.DEFINE_integer("channels", 3, "train/memory: image channels.")
   flags.DEFINE_integer("num_classes", 1000, "train/memory: classes.")
   flags.DEFINE_integer("steps", 10, "Timed steps (train, e2e) or batches (input).")
   flags.DEFINE_integer("peak_size", 2048, "peak: matmul size.")
+  flags.DEFINE_integer("peer_images", 256, "seed_input: images to read.")
+  flags.DEFINE_string("peer_files", "", "seed_input: a glob of image files "
+                      "(e.g. the released ones) instead of the stored images.")
   config_flags.DEFINE_config_file("config", None,
                                   "input/e2e: a training config file.",
                                   lock_config=True)
@@ -266,22 +349,29 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  unknown = set(FLAGS.what) - {"peak", "train", "memory", "input", "e2e"}
+  what = set(FLAGS.what)
+  unknown = what - set(MEASUREMENTS)
   if unknown:
     raise app.UsageError(f"--what: unknown {sorted(unknown)}.")
-  if {"input", "e2e"} & set(FLAGS.what) and FLAGS.config is None:
-    raise app.UsageError("--what=input/e2e needs --config=FILE (the data).")
+  if {"input", "e2e", "seed_input"} & what and FLAGS.config is None:
+    raise app.UsageError("--what=input/e2e/seed_input needs --config=FILE "
+                         "(the data).")
+  model_args = (FLAGS.model, FLAGS.resolution, FLAGS.batch_size)
+  shape_args = dict(channels=FLAGS.channels, num_classes=FLAGS.num_classes,
+                    precision=FLAGS.precision)
   peak = (matmul_peak(FLAGS.peak_size)["flops_per_sec"]
-          if "peak" in FLAGS.what else None)
-  if "train" in FLAGS.what:
-    train_step_speed(FLAGS.model, FLAGS.resolution, FLAGS.batch_size,
-                     FLAGS.steps, FLAGS.channels, FLAGS.num_classes, peak=peak)
-  if "memory" in FLAGS.what:
-    train_step_memory(FLAGS.model, FLAGS.resolution, FLAGS.batch_size,
-                      FLAGS.channels, FLAGS.num_classes)
-  if "input" in FLAGS.what:
-    input_speed(FLAGS.config, FLAGS.steps)
-  if "e2e" in FLAGS.what:
+          if "peak" in what else None)
+  ours = (train_step_speed(*model_args, FLAGS.steps, peak=peak, **shape_args)
+          if "train" in what else None)
+  if "timm" in what:
+    timm_peer(*model_args, FLAGS.steps, ours=ours, **shape_args)
+  if "memory" in what:
+    train_step_memory(*model_args, **shape_args)
+  ours = input_speed(FLAGS.config, FLAGS.steps) if "input" in what else None
+  if "seed_input" in what:
+    seed_input_peer(FLAGS.config, FLAGS.peer_images, FLAGS.peer_files,
+                    ours=ours)
+  if "e2e" in what:
     end_to_end(FLAGS.config, FLAGS.steps)
 
 

@@ -14,6 +14,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "R50x1"
+  # 'bfloat16': mixed precision (activations, convolutions and matrix products
+  # in bfloat16; parameters, optimiser state, normalisation statistics and the
+  # loss in float32). 'float32': everything in float32.
+  c.model.precision = "float32"
 
   # Start from a pre-trained model (fine-tuning or continual pre-training):
   # a workdir of ours (orbax), a BiT .npz or a PyTorch BiT model.pth.tar.

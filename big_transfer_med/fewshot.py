@@ -159,7 +159,8 @@ def main(argv):
       config.data.resolution = f.resolution or config.data.resolution
       config.data.channels = f.channels or config.data.channels
       config.data.data_dir = f.data_dir or config.data.data_dir
-    model = models.get_model(config.model.name, None)
+    model = models.get_model(config.model.name, None,
+                             config.model.precision)
     results = FewShotEvaluator(config, model).run(jax_utils.replicate(params))
   except errors.UserError as e:
     print(f"ERROR: {e}", file=sys.stderr)

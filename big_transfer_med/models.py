@@ -21,6 +21,7 @@ from big_transfer_med import errors
 DEPTHS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 WIDTHS = (1, 2, 3, 4)
 _NAME_RE = re.compile(r"^R(\d+)x(\d+)$")
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 GroupNorm = functools.partial(nn.GroupNorm, num_groups=32, epsilon=1e-5,
                               use_fast_variance=False)
@@ -35,11 +36,32 @@ def standardize_weight(kernel, eps=1e-10):
 
 
 class StdConv(nn.Conv):
-  """Convolution whose kernel is weight-standardised before use."""
+  """Convolution whose kernel is weight-standardised before use.
+
+  1x1 convolutions (strided or not) run as a matrix product over the
+  (subsampled) pixels: same parameters and result, but XLA:CPU computes the
+  product and its two gradients 2-6x faster than the equivalent convolution,
+  whose kernel gradient it lowers to a slow batch-as-feature convolution.
+  """
 
   def param(self, name, *args, **kwargs):
     value = super().param(name, *args, **kwargs)
     return standardize_weight(value) if name == "kernel" else value
+
+  @nn.compact
+  def __call__(self, inputs):
+    if (tuple(self.kernel_size) != (1, 1) or self.use_bias
+        or self.padding != "VALID" or self.feature_group_count != 1
+        or self.kernel_dilation not in (None, 1, (1, 1))):
+      return super().__call__(inputs)
+    kernel = self.param("kernel", self.kernel_init,
+                        (1, 1, inputs.shape[-1], self.features),
+                        self.param_dtype)
+    stride = self.strides or 1
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    inputs = inputs[..., ::sh, ::sw, :]
+    inputs, kernel = nn.dtypes.promote_dtype(inputs, kernel, dtype=self.dtype)
+    return jnp.dot(inputs, kernel[0, 0], precision=self.precision)
 
 
 def zero_pad_max_pool(x):
@@ -78,6 +100,8 @@ class ResNetV2(nn.Module):
   """BiT ResNet-v2. Returns logits, or pre-logit features if `pre_logits`.
 
   With `num_classes=None` the module has no head and always returns features.
+  `dtype` is the compute dtype; parameters stay float32 (param_dtype) and the
+  outputs are float32 whatever it is, so losses and metrics are float32.
   """
   depths: Sequence[int]
   width: int = 1
@@ -99,13 +123,13 @@ class ResNetV2(nn.Module):
             dtype=self.dtype,
             name=f"block{stage + 1}_unit{unit + 1:02d}")(x)
     x = nn.relu(GroupNorm(dtype=self.dtype, name="norm_pre_head")(x))
-    features = jnp.mean(x, axis=(1, 2))
+    features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if pre_logits or not self.num_classes:
       return features
     # BiT initialises the (new) classifier to zero: training starts from a
     # uniform prediction and the pre-trained features are not disturbed.
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                    dtype=self.dtype, name="head")(features)
+                    dtype=jnp.float32, name="head")(features)
 
 
 def parse_name(name: str):
@@ -119,8 +143,15 @@ def parse_name(name: str):
   return int(match.group(1)), int(match.group(2))
 
 
-def get_model(name: str, num_classes: Optional[int], **kwargs) -> ResNetV2:
-  """Returns the BiT ResNet-v2 `name` ('R26x1' ... 'R152x4') with a head."""
+def get_model(name: str, num_classes: Optional[int],
+              precision: str = "float32") -> ResNetV2:
+  """Returns the BiT ResNet-v2 `name` ('R26x1' ... 'R152x4') with a head,
+  computing in `precision` (a key of PRECISIONS, config.model.precision)."""
   depth, width = parse_name(name)
+  if precision not in PRECISIONS:
+    raise errors.ConfigError(
+        f"config.model.precision={precision!r} is not one of "
+        f"{sorted(PRECISIONS)}.")
+  dtype = PRECISIONS[precision]
   return ResNetV2(depths=DEPTHS[depth], width=width, num_classes=num_classes,
-                  **kwargs)
+                  dtype=None if dtype == jnp.float32 else dtype)

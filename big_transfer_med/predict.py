@@ -30,7 +30,8 @@ def predict(workdir: str, paths: Sequence[str]) -> Dict[str, Dict[str, float]]:
   config = runs.load_config(workdir)
   labels = runs.load_labels(workdir)
   params = runs.load_params(workdir)
-  model = models.get_model(config.model.name, len(labels["label_names"]))
+  model = models.get_model(config.model.name, len(labels["label_names"]),
+                           config.model.precision)
   apply = jax.jit(lambda images: model.apply({"params": params}, images))
   out = {}
   for path in paths:

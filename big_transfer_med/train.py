@@ -373,7 +373,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   optimizer, schedule, total_steps = optim.from_config(config, steps_per_epoch)
   loss_fn = losses.get_loss(config.loss)
   multi_label = data.multi_label
-  model = models.get_model(config.model.name, data.num_classes)
+  model = models.get_model(config.model.name, data.num_classes,
+                           config.model.precision)
   image_shape = (config.data.resolution, config.data.resolution,
                  config.data.channels)
   fewshot_evaluator = fewshot.from_config(config, model)

@@ -428,38 +428,46 @@ class Pipeline:
     width = max(len(s.label_names) for s in source.sources)
 
     def generator():
+      # One yield per batch, not per example: Python's share of the work
+      # (and of the GIL) stays small beside the parallel decoding below.
       for positions, indices in batches:
-        for position, (source_id, image, labels) in zip(
-            positions, source.read(indices)):
-          padded = np.full(width, np.nan, np.float32)
-          padded[:len(labels)] = labels
-          yield position, source_id, image, padded
+        records = source.read(indices)
+        labels = np.full((len(records), width), np.nan, np.float32)
+        for i, (_, _, label) in enumerate(records):
+          labels[i, :len(label)] = label
+        yield (np.asarray(positions, np.int64),
+               np.array([r[0] for r in records], np.int32),
+               np.array([r[1] for r in records], object), labels)
 
     ds = tf.data.Dataset.from_generator(generator, output_signature=(
-        tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32),
-        tf.TensorSpec([], tf.string), tf.TensorSpec([width], tf.float32)))
+        tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None], tf.string),
+        tf.TensorSpec([None, width], tf.float32))).unbatch()
 
-    def branch(source_id, image, labels, rng):
+    def branch(source_id, image, labels, label_rng, image_rng):
+      # Per source: the stored dtype (uint8, uint16) differs between sources
+      # and preprocessing works on it, so every branch ends in float32.
       feature = source.sources[source_id].image_feature
-      decoded = preprocessing.to_unit_range(feature.decode_example(image))
+      image = preprocessing.preprocess(feature.decode_example(image), cfg,
+                                       train=train, rng=image_rng)
       if self.harmonizers is None:
-        return decoded, labels[:self.num_classes], tf.ones([self.num_classes])
+        return image, labels[:self.num_classes], tf.ones([self.num_classes])
       harmonizer = self.harmonizers[source_id]
       size = len(source.sources[source_id].label_names)
-      return (decoded,) + harmonizer(labels[:size], rng)
+      return (image,) + harmonizer(labels[:size], label_rng)
 
     def process(position, source_id, image, labels):
       rng = tf.stack([tf.cast(seed, tf.int64), position])
       label_rng, image_rng = tf.unstack(
           tf.random.experimental.stateless_split(rng, 2))
-      branches = [functools.partial(branch, j, image, labels, label_rng)
+      branches = [functools.partial(branch, j, image, labels, label_rng,
+                                    image_rng)
                   for j in range(len(source.sources))]
       image, labels, label_mask = (
           branches[0]() if len(branches) == 1 else
           tf.switch_case(source_id, branches))
       example = {
-          "image": preprocessing.preprocess(image, cfg, train=train,
-                                            rng=image_rng),
+          "image": image,
           "labels": labels,
           # Padding examples of the last evaluation batch are masked out.
           "mask": tf.cast(train or position < len(source), tf.float32),

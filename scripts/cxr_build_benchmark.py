@@ -5,6 +5,10 @@ its exact folder layout (reusing the test-data writers), builds them with
 TFDS ('default' config: shorter side <= 512 px) and prints one JSON line per
 dataset.
   python scripts/cxr_build_benchmark.py --num_images=200
+With --keep=DIR the built datasets stay in DIR (a TFDS data_dir) and their
+source files in DIR/manual/<dataset>, for the input benchmarks, e.g. python -m big_transfer_med.benchmark --what=input,seed_input
+--config=configs/r50x1_chest.py:sources=nih14 --config.data.data_dir=DIR
+--peer_files='DIR/manual/cxr_nih14/images_001/images/*.png'.
 """
 import argparse
 import json
@@ -93,13 +97,16 @@ def main():
   parser.add_argument("--num_images", type=int, default=200)
   parser.add_argument(
       "--datasets", default="cxr_nih14,cxr_chexpert,cxr_padchest,cxr_mimic")
+  parser.add_argument("--keep", default="",
+                      help="Keep the built datasets in this TFDS data_dir.")
   args = parser.parse_args()
   for name in args.datasets.split(","):
     work = tempfile.mkdtemp()
-    manual = os.path.join(work, "manual")
+    # --keep also keeps the source files (the seed recipe's input).
+    manual = os.path.join(args.keep or work, "manual", name)
     getattr(testdata, "make_" + name[len("cxr_"):].replace("14", ""))(manual)
     _scale_up(name, manual, args.num_images)
-    data_dir = os.path.join(work, "tfds")
+    data_dir = args.keep or os.path.join(work, "tfds")
     start = time.perf_counter()
     builder = tfds.builder(name, data_dir=data_dir)
     builder.download_and_prepare(
@@ -110,6 +117,7 @@ def main():
                for d, _, files in os.walk(builder.data_dir) for f in files)
     print(json.dumps({
         "dataset": name, "config": "default", "images": images,
+        "data_dir": data_dir if args.keep else None,
         "source_size": SIZES[name],
         "seconds_per_1000": round(seconds / images * 1000, 1),
         "mb_per_1000": round(size / images * 1000 / 2**20, 1)}), flush=True)

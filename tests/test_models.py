@@ -134,3 +134,53 @@ def test_root_max_pool_pads_with_zeros():
   ref = numpy_bit.max_pool_zero_pad(x)
   np.testing.assert_allclose(out, ref, rtol=1e-6)
   assert float(out[0, 0, 0, 0]) == 0.0  # The pad wins over negative inputs.
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_1x1_std_conv_as_matmul_matches_convolution_and_gradients(stride):
+  # 1x1 convolutions run as a matrix product; value and both gradients must
+  # match XLA's convolution of the standardised kernel.
+  rng = np.random.default_rng(stride)
+  x = jnp.asarray(rng.normal(size=(2, 7, 9, 8)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(1, 1, 8, 16)) * 2 + 1, jnp.float32)
+  conv = models.StdConv(16, (1, 1), strides=stride, padding="VALID",
+                        use_bias=False)
+
+  def ours(x, kernel):
+    return conv.apply({"params": {"kernel": kernel}}, x)
+
+  def reference(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, models.standardize_weight(kernel), (stride, stride), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST)
+
+  out, ref = ours(x, kernel), reference(x, kernel)
+  assert out.shape == ref.shape == (2, -(-7 // stride), -(-9 // stride), 16)
+  assert _relative_error(out, np.asarray(ref, np.float64)) < 1e-6
+  cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  grads = jax.vjp(ours, x, kernel)[1](cotangent)
+  ref_grads = jax.vjp(reference, x, kernel)[1](cotangent)
+  for g, r in zip(grads, ref_grads):
+    assert _relative_error(g, np.asarray(r, np.float64)) < 1e-5
+
+
+def test_bfloat16_precision_computes_in_bf16_with_float32_params_and_outputs():
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)),
+                       jnp.float32)
+  fp32 = models.get_model("R26x1", 5)
+  bf16 = models.get_model("R26x1", 5, precision="bfloat16")
+  params = _random_params(fp32, images.shape, seed=4)
+  # Same parameter tree, created in float32 (the master weights).
+  shapes = jax.eval_shape(bf16.init, jax.random.PRNGKey(0), images)["params"]
+  assert {x.dtype for x in jax.tree.leaves(shapes)} == {jnp.dtype("float32")}
+  assert jax.tree.structure(shapes) == jax.tree.structure(params)
+  ref = fp32.apply({"params": params}, images)
+  out = bf16.apply({"params": params}, images)
+  assert out.dtype == jnp.float32
+  assert 1e-4 < _relative_error(out, np.asarray(ref, np.float64)) < 5e-2
+  hlo = jax.jit(lambda p: bf16.apply({"params": p}, images)).lower(
+      params).as_text()
+  assert "convolution" in hlo and "bf16" in hlo
+  with pytest.raises(errors.ConfigError, match="config.model.precision"):
+    models.get_model("R26x1", 5, precision="float16")

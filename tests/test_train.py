@@ -5,8 +5,10 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from big_transfer_med import train
 from tests import fmnist_fixtures
@@ -74,11 +76,13 @@ def test_resume_continues_the_same_run(tiny_fmnist_data_dir, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
-def test_replicated_state_is_laid_out_as_the_step_returns_it():
-  """Otherwise the train step is compiled twice (at step 1 and step 2)."""
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_replicated_state_is_laid_out_as_the_step_returns_it(precision):
+  """Otherwise the train step is compiled twice (at step 1 and step 2).
+  Mixed precision keeps float32 master weights and optimiser state."""
   import functools  # pylint: disable=g-import-not-at-top
   from big_transfer_med import config_lib, losses, models, optim  # pylint: disable=g-import-not-at-top
-  model = models.get_model("R26x1", 5)
+  model = models.get_model("R26x1", 5, precision)
   schedule = optim.create_schedule(0.1, 10)
   optimizer = optim.create_optimizer(schedule)
   state = train.replicate(train.create_train_state(
@@ -91,5 +95,9 @@ def test_replicated_state_is_laid_out_as_the_step_returns_it():
   batch = {"image": np.zeros((n, 2, 16, 16, 1), np.float32),
            "labels": np.eye(5, dtype=np.float32)[np.zeros((n, 2), int)],
            "mask": np.ones((n, 2), np.float32)}
-  state, _ = step(state, batch)
+  state, metrics = step(state, batch)
   assert [x.sharding for x in jax.tree.leaves(state)] == before
+  assert np.all(np.asarray(metrics["finite"]) == 1)
+  np.testing.assert_allclose(metrics["train_loss"], math.log(5), rtol=1e-6)
+  assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))
+          if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype("float32")}
