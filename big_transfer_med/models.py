@@ -152,6 +152,5 @@ def get_model(name: str, num_classes: Optional[int],
     raise errors.ConfigError(
         f"config.model.precision={precision!r} is not one of "
         f"{sorted(PRECISIONS)}.")
-  dtype = PRECISIONS[precision]
   return ResNetV2(depths=DEPTHS[depth], width=width, num_classes=num_classes,
-                  dtype=None if dtype == jnp.float32 else dtype)
+                  dtype=PRECISIONS[precision])

@@ -111,8 +111,7 @@ def timm_train_step_in_subprocess(**kwargs) -> Dict[str, Any]:
 
 
 def seed_input_recipe(paths: Sequence[str], resolution: int, shift: float,
-                      scale: float, rotation: float, repeats: int = 1
-                      ) -> Dict[str, Any]:
+                      scale: float, rotation: float) -> Dict[str, Any]:
   """Images/s of the seed recipe over image files, on one core."""
   cv2 = _import("cv2")
   albumentations = _import("albumentations")
@@ -140,11 +139,10 @@ def seed_input_recipe(paths: Sequence[str], resolution: int, shift: float,
 
   load(paths[0])  # Warm-up (OpenCV / albumentations first-call costs).
   start = time.perf_counter()
-  for _ in range(repeats):
-    for path in paths:
-      load(path)
+  for path in paths:
+    load(path)
   seconds = time.perf_counter() - start
-  images = repeats * len(paths)
+  images = len(paths)
   return {"peer": f"OpenCV {cv2.__version__} + albumentations "
                   f"{albumentations.__version__} (seed recipe)",
           "peer_images": images,
