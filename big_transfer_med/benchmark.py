@@ -31,6 +31,7 @@ import functools
 import glob
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Any, Dict
@@ -298,25 +299,24 @@ def seed_input_peer(config, images: int, files_pattern: str = "",
   per core."""
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   c = config.data
-  if files_pattern:
-    paths = sorted(glob.glob(files_pattern))[:images]
-    if not paths:
-      raise errors.ConfigError(f"--peer_files={files_pattern!r} matches no "
-                               "file.")
+  with tempfile.TemporaryDirectory() as directory:
+    if files_pattern:
+      paths = sorted(glob.glob(files_pattern))[:images]
+      if not paths:
+        raise errors.ConfigError(f"--peer_files={files_pattern!r} matches no "
+                                 "file.")
+      origin = {"peer_reads": files_pattern}
+    else:
+      source = pipeline.Pipeline(config).train.sources[0]
+      positions = np.arange(min(images, len(source)))
+      encoded = [image for image, _ in source.read(positions)]
+      encoding = source.image_feature.encoding_format or "png"  # TFDS default.
+      paths = peers.write_encoded_images(encoded, directory, encoding)
+      origin = {"peer_reads":
+                f"{source.builder.name}[{source.split}] as stored",
+                "encoding": encoding}
     result = peers.seed_input_recipe(paths, c.resolution, c.shift, c.scale,
                                      c.rotation)
-    origin = {"peer_reads": files_pattern}
-  else:
-    source = pipeline.Pipeline(config).train.sources[0]
-    positions = np.arange(min(images, len(source)))
-    encoded = [image for image, _ in source.read(positions)]
-    encoding = source.image_feature.encoding_format or "png"  # TFDS default.
-    with tempfile.TemporaryDirectory() as directory:
-      paths = peers.write_encoded_images(encoded, directory, encoding)
-      result = peers.seed_input_recipe(paths, c.resolution, c.shift, c.scale,
-                                       c.rotation)
-    origin = {"peer_reads": f"{source.builder.name}[{source.split}] as stored",
-              "encoding": encoding}
   record = {"measurement": "peer_input", "resolution": c.resolution,
             **origin, **result, **_device()}
   if ours:
@@ -356,6 +356,15 @@ def main(argv):
   if {"input", "e2e", "seed_input"} & what and FLAGS.config is None:
     raise app.UsageError("--what=input/e2e/seed_input needs --config=FILE "
                          "(the data).")
+  try:
+    _measure(what)
+  except errors.UserError as e:  # Missing data or packages, bad flags.
+    print(f"ERROR: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _measure(what) -> None:
+  """Runs the measurements named in `what`, in a fixed order."""
   model_args = (FLAGS.model, FLAGS.resolution, FLAGS.batch_size)
   shape_args = dict(channels=FLAGS.channels, num_classes=FLAGS.num_classes,
                     precision=FLAGS.precision)
