@@ -31,7 +31,6 @@ import functools
 import glob
 import json
 import os
-import sys
 import tempfile
 import time
 from typing import Any, Dict
@@ -43,11 +42,13 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from big_transfer_med import cli
 from big_transfer_med import config_lib
 from big_transfer_med import errors
 from big_transfer_med import losses
 from big_transfer_med import models
 from big_transfer_med import optim
+from big_transfer_med import paths
 from big_transfer_med import peers
 from big_transfer_med import train
 
@@ -356,14 +357,11 @@ def main(argv):
   if {"input", "e2e", "seed_input"} & what and FLAGS.config is None:
     raise app.UsageError("--what=input/e2e/seed_input needs --config=FILE "
                          "(the data).")
-  try:
-    _measure(what)
-  except errors.UserError as e:  # Missing data or packages, bad flags.
-    print(f"ERROR: {e}", file=sys.stderr)
-    sys.exit(2)
+  config = FLAGS.config and paths.absolute_config_paths(FLAGS.config)
+  _measure(what, config)
 
 
-def _measure(what) -> None:
+def _measure(what, config) -> None:
   """Runs the measurements named in `what`, in a fixed order."""
   model_args = (FLAGS.model, FLAGS.resolution, FLAGS.batch_size)
   shape_args = dict(channels=FLAGS.channels, num_classes=FLAGS.num_classes,
@@ -376,14 +374,14 @@ def _measure(what) -> None:
     timm_peer(*model_args, FLAGS.steps, ours=ours, **shape_args)
   if "memory" in what:
     train_step_memory(*model_args, **shape_args)
-  ours = input_speed(FLAGS.config, FLAGS.steps) if "input" in what else None
+  ours = input_speed(config, FLAGS.steps) if "input" in what else None
   if "seed_input" in what:
-    seed_input_peer(FLAGS.config, FLAGS.peer_images, FLAGS.peer_files,
+    seed_input_peer(config, FLAGS.peer_images, FLAGS.peer_files,
                     ours=ours)
   if "e2e" in what:
-    end_to_end(FLAGS.config, FLAGS.steps)
+    end_to_end(config, FLAGS.steps)
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

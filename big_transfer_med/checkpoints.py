@@ -13,17 +13,21 @@ one-to-one (PyTorch names map likewise, see _from_torch_name):
   head/{kernel,bias}                 <-> resnet/head/conv2d/{kernel,bias}  (1x1 conv)
 """
 import os
+import pickle
 import re
 import tempfile
+import zipfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
 from big_transfer_med import errors
+from big_transfer_med import models
 from big_transfer_med import torch_format
 
 _UNIT_RE = re.compile(r"^block(\d+)_unit(\d+)$")
@@ -178,6 +182,24 @@ def read_pretrained(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
   if not os.path.exists(path):
     raise errors.CheckpointMismatchError(
         f"config.init.checkpoint={path!r} does not exist.")
+  try:
+    return _read_pretrained(path)
+  except errors.UserError:
+    raise
+  except _UNREADABLE as e:
+    raise errors.CheckpointMismatchError(
+        f"{path} cannot be read as a checkpoint ({type(e).__name__}: "
+        f"{' '.join(str(e).split())[:200]}): it is empty, truncated, holds "
+        "pickled objects, or is no checkpoint at all. Copy or download it "
+        "again, or give another config.init.checkpoint.") from e
+
+
+# What reading a damaged or foreign file raises.
+_UNREADABLE = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile,
+               pickle.UnpicklingError)
+
+
+def _read_pretrained(path: str):
   if os.path.isdir(path):
     arrays = _read_orbax_params(path)
     return arrays, {k: k for k in arrays}
@@ -251,3 +273,28 @@ def load_pretrained(path: str, params: Dict[str, Any],
         "leave freshly initialised.")
   return traverse_util.unflatten_dict(
       {tuple(k.split("/")): v for k, v in out.items()}), report
+
+
+def params_template(model_name: str, num_classes: Optional[int] = None,
+                    channels: int = 3) -> Dict[str, Any]:
+  """Zero params of `model_name` (with a `num_classes` head, or none)."""
+  model = models.get_model(model_name, num_classes)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, 32, 32, channels)))["params"]
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def load_bit_npz(path: str, model_name: str) -> Dict[str, Any]:
+  """Params of `model_name` from a public BiT .npz file, head included when
+  the file has one; a file that does not fit the model fails naming every
+  missing, unexpected and wrongly-shaped tensor (see load_pretrained)."""
+  if not path.endswith(".npz"):
+    raise errors.CheckpointMismatchError(
+        f"{path} is not a .npz file; load_pretrained reads every format.")
+  arrays, _ = read_pretrained(path)
+  head, root = arrays.get("head/kernel"), arrays.get("root_block/kernel")
+  template = params_template(
+      model_name, None if head is None else head.shape[-1],
+      3 if root is None else root.shape[2])
+  params, _ = load_pretrained(path, template)
+  return params

@@ -3,8 +3,52 @@
 Locking makes a typo in a config file or a `--config.key=value` override fail
 at once with the key's name instead of being silently ignored.
 """
+from typing import Any, Callable, Dict
+
 import ml_collections
 from ml_collections import config_dict
+
+from big_transfer_med import errors
+
+
+def one_of(*options: str) -> Callable[[str], str]:
+  """A parse_arguments type accepting only `options`."""
+  def convert(value: str) -> str:
+    if value not in options:
+      raise ValueError(value)
+    return value
+  convert.__name__ = f"choice among {', '.join(options)}"
+  return convert
+
+
+def parse_arguments(arg: str, types: Dict[str, Callable[[str], Any]],
+                    config_file: str) -> Dict[str, Any]:
+  """Parses a config file's argument 'key=value,key=value' (the part after
+  ':' in --config=FILE:ARG) into {key: types[key](value)} for the keys given.
+
+  An unknown key, a part without '=' or a value of the wrong type raises
+  errors.ConfigError naming `config_file` and the accepted keys.
+  """
+  name = config_file
+  accepted = ", ".join(types)
+  values = {}
+  for part in (p for p in arg.split(",") if p):
+    key, sep, value = part.partition("=")
+    if not sep:
+      raise errors.ConfigError(
+          f"{name}: argument {part!r} is not of the form key=value (keys: "
+          f"{accepted}).")
+    if key not in types:
+      raise errors.ConfigError(
+          f"{name}: unknown argument {key!r} in {part!r} (keys: {accepted}).")
+    kind = types[key]
+    try:
+      values[key] = kind(value)
+    except ValueError:
+      raise errors.ConfigError(
+          f"{name}: argument {key}={value!r} is not a valid "
+          f"{getattr(kind, '__name__', kind)}.") from None
+  return values
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -10,13 +10,11 @@ models of any width.
 Periodically during a run (config.fewshot.every_steps) and at its end, or on
 its own: python -m big_transfer_med.fewshot --workdir=RUN [--config.fewshot...]
 """
-import sys
 from typing import Dict, Optional
 
 import jax
 import ml_collections
 import numpy as np
-from absl import app
 from absl import flags
 from absl import logging
 from flax import jax_utils
@@ -134,40 +132,37 @@ def main(argv):
   import json  # pylint: disable=g-import-not-at-top
   from big_transfer_med import config_lib  # pylint: disable=g-import-not-at-top
   from big_transfer_med import models  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import paths  # pylint: disable=g-import-not-at-top
   from big_transfer_med import runs  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  try:
-    if f.workdir:
-      config, params = runs.load_config(f.workdir), runs.load_params(f.workdir)
-    elif f.checkpoint and f.model:
-      config = config_lib.base_config()
-      config.model.name, config.data.resolution = f.model, 224
-      params = runs.load_checkpoint_params(f.checkpoint, f.model,
-                                           f.channels or 3)
-    else:
-      raise errors.ConfigError("Give --workdir, or --checkpoint and --model.")
-    with config.unlocked():
-      fc = config.fewshot
-      fc.dataset = f.dataset or fc.dataset
-      if not fc.dataset:
-        raise errors.ConfigError("Give --dataset (a single-label TFDS name).")
-      fc.classes = tuple(int(c) for c in f.classes) or (
-          () if f.dataset else fc.classes)
-      fc.shots = tuple(int(k) for k in f.shots)
-      fc.seeds = tuple(int(s) for s in f.seeds)
-      fc.train_split, fc.eval_split = f.train_split, f.eval_split
-      config.data.resolution = f.resolution or config.data.resolution
-      config.data.channels = f.channels or config.data.channels
-      config.data.data_dir = f.data_dir or config.data.data_dir
-    model = models.get_model(config.model.name, None,
-                             config.model.precision)
-    results = FewShotEvaluator(config, model).run(jax_utils.replicate(params))
-  except errors.UserError as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    sys.exit(2)
+  workdir, checkpoint = paths.absolute(f.workdir), paths.absolute(f.checkpoint)
+  if workdir:
+    config, params = runs.load_config(workdir), runs.load_params(workdir)
+  elif checkpoint and f.model:
+    config = config_lib.base_config()
+    config.model.name, config.data.resolution = f.model, 224
+    params = runs.load_checkpoint_params(checkpoint, f.model, f.channels or 3)
+  else:
+    raise errors.ConfigError("Give --workdir, or --checkpoint and --model.")
+  with config.unlocked():
+    fc = config.fewshot
+    fc.dataset = f.dataset or fc.dataset
+    if not fc.dataset:
+      raise errors.ConfigError("Give --dataset (a single-label TFDS name).")
+    fc.classes = tuple(int(c) for c in f.classes) or (
+        () if f.dataset else fc.classes)
+    fc.shots = tuple(int(k) for k in f.shots)
+    fc.seeds = tuple(int(s) for s in f.seeds)
+    fc.train_split, fc.eval_split = f.train_split, f.eval_split
+    config.data.resolution = f.resolution or config.data.resolution
+    config.data.channels = f.channels or config.data.channels
+    config.data.data_dir = paths.absolute(f.data_dir) or config.data.data_dir
+  model = models.get_model(config.model.name, None, config.model.precision)
+  results = FewShotEvaluator(config, model).run(jax_utils.replicate(params))
   print(json.dumps(results, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
+  from big_transfer_med import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  cli.run(main)

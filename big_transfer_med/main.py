@@ -4,12 +4,12 @@ Overrides: --config.batch_size=64, config arguments: --config=configs/X.py:arg.
 Multi-host: --coordinator_address=HOST:PORT --num_processes=N --process_id=I,
 or --coordinator_address=auto to let jax.distributed detect Cloud TPU / SLURM.
 """
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from big_transfer_med import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
@@ -48,17 +48,11 @@ def main(argv):
   _initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
   from big_transfer_med import train  # pylint: disable=g-import-not-at-top
-  from big_transfer_med import errors  # pylint: disable=g-import-not-at-top
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
-                             allow_config_change=FLAGS.allow_config_change)
-  except errors.UserError as e:
-    logging.error("%s", e)
-    print(f"ERROR: {e}", file=sys.stderr)
-    sys.exit(2)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                           allow_config_change=FLAGS.allow_config_change)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -9,7 +9,6 @@ probabilities for multi-label runs, softmax for single-label ones. Prints
 one JSON object {file: {label: probability}}.
 """
 import json
-import sys
 from typing import Dict, Sequence
 
 import jax
@@ -18,15 +17,18 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
-from big_transfer_med import errors
+from big_transfer_med import cli
 from big_transfer_med import models
+from big_transfer_med import paths
 from big_transfer_med import runs
 from input_pipeline import preprocessing
 from input_pipeline import xray_io
 
 
-def predict(workdir: str, paths: Sequence[str]) -> Dict[str, Dict[str, float]]:
+def predict(workdir: str,
+            image_paths: Sequence[str]) -> Dict[str, Dict[str, float]]:
   """{path: {label: probability}} for each image file."""
+  workdir = paths.absolute(workdir)
   config = runs.load_config(workdir)
   labels = runs.load_labels(workdir)
   params = runs.load_params(workdir)
@@ -34,7 +36,7 @@ def predict(workdir: str, paths: Sequence[str]) -> Dict[str, Dict[str, float]]:
                            config.model.precision)
   apply = jax.jit(lambda images: model.apply({"params": params}, images))
   out = {}
-  for path in paths:
+  for path in image_paths:
     image = xray_io.read_xray(path)[..., None]  # float32 [H, W, 1] in [0, 1].
     image = preprocessing.preprocess(tf.constant(image), config.data,
                                      train=False, rng=tf.zeros([2], tf.int64))
@@ -48,18 +50,13 @@ def predict(workdir: str, paths: Sequence[str]) -> Dict[str, Dict[str, float]]:
 
 def main(argv):
   tf.config.set_visible_devices([], "GPU")
-  paths = argv[1:]
-  if not paths:
+  images = argv[1:]
+  if not images:
     raise app.UsageError("Give one or more image files after the flags.")
-  try:
-    result = predict(flags.FLAGS.workdir, paths)
-  except errors.UserError as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(json.dumps(result, indent=2))
+  print(json.dumps(predict(flags.FLAGS.workdir, images), indent=2))
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "Run directory written by the trainer.")
   flags.mark_flag_as_required("workdir")
-  app.run(main)
+  cli.run(main)

@@ -3,15 +3,12 @@ import json
 import os
 from typing import Any, Dict
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
 from big_transfer_med import checkpoints
 from big_transfer_med import config_lib
 from big_transfer_med import errors
-from big_transfer_med import models
 
 
 def _read_json(workdir: str, name: str) -> Dict[str, Any]:
@@ -50,9 +47,6 @@ def load_params(workdir: str) -> Dict[str, Any]:
 def load_checkpoint_params(path: str, model_name: str,
                            channels: int = 3) -> Dict[str, Any]:
   """Body params of `model_name` from any supported checkpoint (head dropped)."""
-  model = models.get_model(model_name, None)
-  template = jax.eval_shape(model.init, jax.random.key(0),
-                            jnp.zeros((1, 32, 32, channels)))["params"]
-  template = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
-  params, _ = checkpoints.load_pretrained(path, template)
+  params, _ = checkpoints.load_pretrained(
+      path, checkpoints.params_template(model_name, None, channels))
   return params

@@ -36,6 +36,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from big_transfer_med import errors
+from big_transfer_med import paths
+
 
 RESULTS_FILE = "results.json"
 
@@ -100,7 +103,7 @@ def run_jobs(spec, jobs: Sequence[Job], parallel: int = 1) -> List[str]:
   env = dict(os.environ)
   # Jobs of one study compile the same programs: share XLA's executables.
   env.setdefault("JAX_COMPILATION_CACHE_DIR",
-                 os.path.abspath(os.path.join(spec.workdir, ".jax_cache")))
+                 os.path.join(spec.workdir, ".jax_cache"))
 
   def run(job: Job):
     start = time.time()
@@ -263,6 +266,21 @@ def default_spec() -> ml_collections.ConfigDict:
   return s
 
 
+def absolute_spec_paths(spec: ml_collections.ConfigDict
+                        ) -> ml_collections.ConfigDict:
+  """A checked copy of `spec` whose workdir, config file and checkpoints are
+  absolute, so the job commands run from any directory."""
+  if not spec.workdir or not spec.targets or not spec.sources:
+    raise errors.ConfigError("The study spec needs workdir, targets and "
+                             "sources (see study.default_spec()).")
+  spec = spec.copy_and_resolve_references()
+  spec.workdir = paths.absolute(spec.workdir)
+  spec.config = paths.absolute(spec.config)
+  for name, checkpoint in spec.sources.items():
+    spec.sources[name] = paths.absolute(checkpoint)
+  return spec
+
+
 def _define_flags():
   # Here, not at import: spec files import this module for default_spec().
   config_flags.DEFINE_config_file("spec", None, "Study spec file.",
@@ -275,10 +293,7 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  spec, mode = flags.FLAGS.spec, flags.FLAGS.mode
-  if not spec.workdir or not spec.targets or not spec.sources:
-    print("ERROR: the spec needs workdir, targets and sources.", file=sys.stderr)
-    sys.exit(2)
+  spec, mode = absolute_spec_paths(flags.FLAGS.spec), flags.FLAGS.mode
   jobs = expand(spec)
   failures = []
   if mode == "commands":
@@ -298,5 +313,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from big_transfer_med import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  cli.run(main)

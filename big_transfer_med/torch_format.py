@@ -87,8 +87,9 @@ def load(path: str) -> Any:
   """Returns the object tree of a torch.save file, tensors as NumPy arrays."""
   if not zipfile.is_zipfile(path):
     raise errors.CheckpointMismatchError(
-        f"{path} is not a zip-format torch.save file (PyTorch >= 1.6). Re-save "
-        "it with a recent PyTorch: torch.save(torch.load(PATH), NEW_PATH).")
+        f"{path} is not a zip-format torch.save file (PyTorch >= 1.6): it is "
+        "truncated or not a checkpoint (copy it again), or was written by an "
+        "old PyTorch (re-save it: torch.save(torch.load(PATH), NEW_PATH)).")
   with zipfile.ZipFile(path) as archive:
     pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
     if len(pickles) != 1:

@@ -22,6 +22,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from big_transfer_med import checkpoints
+from big_transfer_med import config_validation
 from big_transfer_med import errors
 from big_transfer_med import fewshot
 from big_transfer_med import hyperrule
@@ -30,6 +31,7 @@ from big_transfer_med import metric_io
 from big_transfer_med import metrics as metrics_lib
 from big_transfer_med import models
 from big_transfer_med import optim
+from big_transfer_med import paths
 from input_pipeline import pipeline
 
 AXIS = "batch"
@@ -189,9 +191,6 @@ class NonFiniteGuard:
   """Applies config.on_nonfinite to the per-step `finite` flags."""
 
   def __init__(self, config):
-    if config.on_nonfinite not in ("stop", "skip"):
-      raise errors.ConfigError(
-          f"config.on_nonfinite={config.on_nonfinite!r}: 'stop' or 'skip'.")
     self._skip = config.on_nonfinite == "skip"
     self._max_consecutive = config.max_consecutive_nonfinite
     self._consecutive = 0
@@ -333,10 +332,7 @@ def _initialise_from(config, state: TrainState, optimizer
 def _resolve_config(config, data) -> ml_collections.ConfigDict:
   """Applies BiT-HyperRule (if asked) and checks what it leaves."""
   config = hyperrule.apply(config, len(data.train), data.image_size)
-  if not config.data.resolution:
-    raise errors.ConfigError("config.data.resolution is unset: set it, or "
-                             "set config.hyperrule=True to derive it.")
-  losses.get_loss(config.loss)  # Fails naming the choices.
+  config_validation.validate(config, resolved=True)
   metrics = ["loss"] + ([] if data.multi_label else ["accuracy"]) + (
       ["mean_auc", "map"] if config.eval_per_class else [])
   if not config.primary_metric:
@@ -360,9 +356,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
 
   A workdir whose config.json differs from `config` in a key that changes
-  the run is refused unless `allow_config_change`. Returns the final
-  summary, also written to results.json.
+  the run is refused unless `allow_config_change`. Relative paths (the
+  workdir, config.init.checkpoint, config.data.data_dir) are taken from the
+  working directory. Returns the final summary, also written to results.json.
   """
+  workdir = paths.absolute(workdir)
+  config = paths.absolute_config_paths(config)
+  config_validation.validate(config)  # Before any data is read.
   is_chief = jax.process_index() == 0
   num_devices = jax.local_device_count()
   data = pipeline.Pipeline(config, host_id=jax.process_index(),

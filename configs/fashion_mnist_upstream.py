@@ -13,18 +13,19 @@ from big_transfer_med import config_lib
 
 
 def get_config(arg: str = ""):
-  args = dict(kv.split("=", 1) for kv in arg.split(",") if kv)
+  args = config_lib.parse_arguments(
+      arg, {"model": str, "res": int, "epochs": float}, __file__)
   c = config_lib.base_config()
   c.model.name = args.get("model", "R26x1")
   c.data.name = "fashion_mnist_local"
   c.data.classes = (0, 1, 2, 3, 4)  # Source task; 5-9 are the transfer target.
-  c.data.resolution = int(args.get("res", 28))
+  c.data.resolution = args.get("res", 28)
   c.data.channels = 1
   c.data.augment = "crop_flip"
   c.data.crop_padding = 2
 
   c.batch_size = 128
-  c.total_epochs = float(args.get("epochs", 1))
+  c.total_epochs = args.get("epochs", 1.0)
   c.schedule.decay_type = "cosine"
   c.schedule.warmup_epochs = 0.2
   c.optim.base_lr = 0.1

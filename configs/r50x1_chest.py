@@ -15,12 +15,14 @@ sigmoid cross-entropy with uncertain and missing labels masked.
 from big_transfer_med import config_lib
 
 ALL_SOURCES = ("chexpert", "mimic", "nih14", "padchest")
+ARGUMENTS = {"sources": str, "label_set": str, "model": str, "res": int,
+             "views": config_lib.one_of("frontal", "all")}
 OWN_LABEL_SET = {"chexpert": "chexpert13", "mimic": "chexpert13",
                  "nih14": "nih14", "padchest": "padchest27"}
 
 
 def get_config(arg: str = ""):
-  args = dict(kv.split("=", 1) for kv in arg.split(",") if kv)
+  args = config_lib.parse_arguments(arg, ARGUMENTS, __file__)
   sources = tuple(args["sources"].split("+")) if "sources" in args else (
       ALL_SOURCES)
   c = config_lib.base_config()
@@ -35,7 +37,7 @@ def get_config(arg: str = ""):
     c.data.views = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
   c.data.train_split = "train"
   c.data.eval_split = "validation"
-  c.data.resolution = int(args.get("res", 224))
+  c.data.resolution = args.get("res", 224)
   c.data.crop_to_square = True
   c.data.channels = 3
   c.data.augment = "cxr"

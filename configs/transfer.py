@@ -20,6 +20,7 @@ no weight decay, zero-initialised new head. Any key can still be overridden
 with --config.key=value.
 """
 from big_transfer_med import config_lib
+from big_transfer_med import errors
 
 # name -> (data settings, loss, primary metric).
 TARGETS = {
@@ -48,44 +49,49 @@ TARGETS = {
                   "sigmoid_xent", "mean_auc"),
 }
 
+ARGUMENTS = {"target": config_lib.one_of(*sorted(TARGETS)), "init": str,
+             "model": str, "shots": int, "seed": int, "steps": int,
+             "batch": int, "eval_batch": int, "lr": float, "res": int,
+             "resize": int, "eval_split": str, "data_dir": str}
+
 
 def get_config(arg: str = ""):
-  args = dict(kv.split("=", 1) for kv in arg.split(",") if kv)
+  args = config_lib.parse_arguments(arg, ARGUMENTS, __file__)
   target = args.get("target")
-  if target not in TARGETS:
-    raise ValueError(f"configs/transfer.py needs target=<one of "
-                     f"{sorted(TARGETS)}>, got {target!r}.")
+  if target is None:
+    raise errors.ConfigError(f"configs/transfer.py needs target=<one of "
+                             f"{sorted(TARGETS)}>.")
   data, loss, metric = TARGETS[target]
   c = config_lib.base_config()
   c.model.name = args.get("model", "R50x1")
   c.init.checkpoint = args.get("init", "")
   c.init.dont_load = ("head/.*",)  # A new task gets a new, zero head.
-  c.seed = int(args.get("seed", 0))
+  c.seed = args.get("seed", 0)
   c.loss, c.primary_metric = loss, metric
   c.data.channels = 3
   c.data.augment = "bit"
   c.data.views = ("PA", "AP", "AP_SUPINE")
   for key, value in data.items():
     c.data[key] = value
-  c.data.examples_per_class = int(args.get("shots", 0))
+  c.data.examples_per_class = args.get("shots", 0)
   c.data.fewshot_seed = c.seed
 
   c.hyperrule = True  # Fills steps, warmup, decays, resolution, MixUp.
-  c.batch_size = int(args.get("batch", 512))
-  c.data.eval_batch_size = int(args.get("eval_batch", c.batch_size))
-  c.optim.base_lr = float(args.get("lr", 0.003))
+  c.batch_size = args.get("batch", 512)
+  c.data.eval_batch_size = args.get("eval_batch", c.batch_size)
+  c.optim.base_lr = args.get("lr", 0.003)
   c.optim.reference_batch_size = 512
   c.optim.weight_decay = 0.0
   c.schedule.decay_type = "step"
   if "steps" in args:
-    c.total_steps = int(args["steps"])
+    c.total_steps = args["steps"]
   if "data_dir" in args:
     c.data.data_dir = args["data_dir"]
   if "eval_split" in args:
     c.data.eval_split = args["eval_split"]
   if "res" in args:
-    c.data.resolution = int(args["res"])
-    c.data.resize = int(args.get("resize", args["res"]))
+    c.data.resolution = args["res"]
+    c.data.resize = args.get("resize", args["res"])
 
   c.log_every_steps = 50
   c.eval_every_steps = 0  # Once, at the end.

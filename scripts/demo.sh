@@ -3,14 +3,15 @@
 #   1. pre-train a BiT R26x1 on classes 0-4 (configs/fashion_mnist_upstream.py);
 #   2. fine-tune it and the same model from scratch on classes 5-9, full-shot
 #      and 1/5/10-shot with 3 seeds (configs/studies/fmnist_demo.py);
-#   3. print the table and write the plot.
+#   3. print the table, write the plot and check every output.
 #   bash scripts/demo.sh [extra --config.key=value flags for the pre-training]
-# Environment: WORKDIR (default workdirs), FMNIST_DIR (the idx files; default
-# /usr/share/datasets/fashion-mnist), TFDS_DATA_DIR.
+# Environment: WORKDIR (default workdirs, relative to the current directory),
+# FMNIST_DIR (the idx files; default /usr/share/datasets/fashion-mnist),
+# TFDS_DATA_DIR, DEMO_SMOKE=1 (every stage in a few steps: one seed, one shot
+# count; what CI runs).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
-source scripts/setup_env.sh
+source "$REPO/scripts/setup_env.sh"
 
 FMNIST_DIR="${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}"
 if [ ! -s "$FMNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -s "$FMNIST_DIR/train-images-idx3-ubyte" ]; then
@@ -33,11 +34,25 @@ fi
 tfds build --imports=input_pipeline.datasets fashion_mnist_local \
   --manual_dir="$FMNIST_DIR" 2>&1 | { grep -E "Dataset generation complete|already exists|Error" || true; }
 
+# Paths are passed on as typed: the entry points take them from here.
 WORKDIR="${WORKDIR:-workdirs}"
 UPSTREAM="$WORKDIR/fmnist_upstream"
+STUDY="$WORKDIR/fmnist_study"
+UPSTREAM_ARGS=() STUDY_ARGS=()
+if [ "${DEMO_SMOKE:-0}" = 1 ]; then
+  echo "(smoke mode: a few steps per stage)"
+  UPSTREAM_ARGS=(--config.total_epochs=0 --config.total_steps=4
+    --config.checkpoint.every_steps=2 --config.data.eval_split='test[:2%]'
+    --config.fewshot.shots='(1,)' --config.fewshot.seeds='(0,)'
+    --config.fewshot.eval_split='test[:5%]')
+  STUDY_ARGS=(--spec.seeds='(0,)' --spec.shots='(1,)'
+    --spec.fewshot_args=steps=2,batch=16,lr=0.5,eval_split='test[:5%]')
+fi
+
 echo "== 1/2: pre-training on Fashion-MNIST classes 0-4 -> $UPSTREAM"
-python -m big_transfer_med.main --config=configs/fashion_mnist_upstream.py \
-  --workdir="$UPSTREAM" "$@" 2>&1 | { grep --line-buffered -E "train.py|fewshot.py|main.py|ERROR|Error" || true; }
+python -m big_transfer_med.main --config="$REPO/configs/fashion_mnist_upstream.py" \
+  --workdir="$UPSTREAM" "${UPSTREAM_ARGS[@]}" "$@" 2>&1 \
+  | { grep --line-buffered -E "train.py|fewshot.py|main.py|ERROR|Error" || true; }
 python - "$UPSTREAM/results.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -45,12 +60,12 @@ print(f"Upstream test accuracy on classes 0-4 after {r['step']} steps: "
       f"{100 * r['metrics']['accuracy']:.2f}% ({int(r['metrics']['examples'])} images)")
 probe = {int(k.rsplit("_", 1)[1][:-4]): v for k, v in r["fewshot"].items()
          if k.endswith("shot")}
-print("Linear few-shot probe of its features on classes 5-9 (mean of 3 seeds): "
+print("Linear few-shot probe of its features on classes 5-9 (mean over seeds): "
       + ", ".join(f"{k}-shot {100 * probe[k]:.1f}%" for k in sorted(probe)))
 PY
 
-echo "== 2/2: transfer study (fine-tuning vs from scratch) -> $WORKDIR/fmnist_study"
-python -m big_transfer_med.study --spec=configs/studies/fmnist_demo.py --parallel=2 \
-  --spec.workdir="$WORKDIR/fmnist_study" \
-  --spec.sources.fmnist_0to4="$UPSTREAM" 2>&1 | { grep --line-buffered -vE "^[IWE][0-9]{4} |^WARNING|^I0000|oneDNN|cpu_feature_guard|rebuild TensorFlow" || true; }
-echo "Table: $WORKDIR/fmnist_study/summary.md; plot: $WORKDIR/fmnist_study/plot_fmnist_5to9_R26x1.png"
+echo "== 2/2: transfer study (fine-tuning vs from scratch) -> $STUDY"
+python -m big_transfer_med.study --spec="$REPO/configs/studies/fmnist_demo.py" --parallel=2 \
+  --spec.workdir="$STUDY" --spec.sources.fmnist_0to4="$UPSTREAM" "${STUDY_ARGS[@]}" 2>&1 \
+  | { grep --line-buffered -vE "^[IWE][0-9]{4} |^WARNING|^I0000|oneDNN|cpu_feature_guard|rebuild TensorFlow" || true; }
+python "$REPO/scripts/check_demo_outputs.py" "$UPSTREAM" "$STUDY"

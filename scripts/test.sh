@@ -10,4 +10,4 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
     || echo "Could not install dataset-fashion-mnist; real-data tests will be skipped."
 fi
-python -m pytest -n 2 --dist=loadfile -q "$@"
+python -m pytest -n 2 --dist=loadfile -q --durations=15 "$@"

@@ -21,10 +21,7 @@ def _params(name="R26x1", num_classes=10, seed=0):
 
 
 def _zeros(name="R26x1", num_classes=10, channels=3):
-  model = models.get_model(name, num_classes)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          jnp.zeros((1, 32, 32, channels)))["params"]
-  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+  return checkpoints.params_template(name, num_classes, channels)
 
 
 def _load(path, name="R26x1", num_classes=10, **kwargs):
@@ -110,3 +107,18 @@ def test_pickled_npz_is_refused(tmp_path):
   np.savez(path, **{"resnet/group_norm/gamma": np.array([object()], dtype=object)})
   with pytest.raises(ValueError, match="allow_pickle"):
     _load(path)
+
+
+def test_load_bit_npz_builds_the_model_the_file_holds(tmp_path):
+  """The README's `checkpoints.load_bit_npz(path, model_name)`: the head's
+  class count and the input channels come from the file's tensors."""
+  path = str(tmp_path / "r26_grey.npz")
+  checkpoints.save_bit_npz(_params(num_classes=7), path)
+  with np.load(path, allow_pickle=False) as f:
+    head = f["resnet/head/conv2d/kernel"]
+    gamma = f["resnet/block2/unit01/b/group_norm/gamma"]
+  params = checkpoints.load_bit_npz(path, "R26x1")
+  np.testing.assert_array_equal(params["head"]["kernel"], head[0, 0])
+  np.testing.assert_array_equal(params["block2_unit01"]["gn2"]["scale"], gamma)
+  with pytest.raises(errors.CheckpointMismatchError, match="R50x1|missing"):
+    checkpoints.load_bit_npz(path, "R50x1")

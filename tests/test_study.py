@@ -107,7 +107,9 @@ def get_config():
   with open(tmp_path / "study" / "jobs.txt") as f:
     lines = f.read().splitlines()
   assert len(lines) == 1 and "seed=1" in lines[0]
-  assert "'configs/transfer.py:target=fmnist_5to9,model=R26x1,shots=1,seed=1,eval_split=test[:20%]'" in lines[0]
+  # The spec's config file, made absolute: the command runs from anywhere.
+  config = os.path.join(REPO, "configs", "transfer.py")
+  assert f"'{config}:target=fmnist_5to9,model=R26x1,shots=1,seed=1,eval_split=test[:20%]'" in lines[0]
   assert "1 jobs done" in result.stdout
 
 

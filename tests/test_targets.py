@@ -105,7 +105,7 @@ def test_transfer_config_targets():
   assert labels_lib.label_set(chexpert.data.label_set) == (
       "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion")
   # config_flags re-raises get_config's ValueError as an absl flag error.
-  with pytest.raises(Exception, match="needs target="):
+  with pytest.raises(Exception, match="target='imagenet' is not a valid choice"):
     test_main._parse(f"--config={TRANSFER}:target=imagenet")
 
 

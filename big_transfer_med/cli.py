@@ -1,0 +1,145 @@
+"""What every command-line entry point shares: flag parsing and user errors.
+
+A user's mistake ends the program with one line `ERROR: ...` on stderr and
+exit code 2, without a traceback: a flag that is unknown or has a bad value,
+a config file that is missing or does not load, a bad config argument, an
+unknown `--config.key`, and any errors.UserError raised while running.
+"""
+import difflib
+import os
+import sys
+from typing import Callable, List, Optional, Sequence
+
+import ml_collections
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from big_transfer_med import errors
+
+EXIT_USER_ERROR = 2
+
+
+def fail(message: str) -> None:
+  """Prints `ERROR: message` and exits with EXIT_USER_ERROR."""
+  print(f"ERROR: {message}", file=sys.stderr, flush=True)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def _chain(error: BaseException) -> List[BaseException]:
+  """`error` and the exceptions it was raised from, outermost first."""
+  chain = []
+  while error is not None and all(error is not e for e in chain):
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
+def _describe(error: BaseException) -> str:
+  """One line for an exception raised while loading a user's file."""
+  if isinstance(error, SyntaxError):
+    return (f"{type(error).__name__} in {error.filename}, line {error.lineno}: "
+            f"{error.msg}")
+  lines = [l.strip() for l in str(error).strip().splitlines() if l.strip()]
+  return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
+def _config_flag_names(flag_values) -> List[str]:
+  """Names of the ml_collections config-file flags."""
+  return [name for name in flag_values
+          if hasattr(type(flag_values[name]), "override_values")]
+
+
+def _config_arg(name: str, argv: Sequence[str]) -> Optional[str]:
+  """The --name=FILE[:ARG] argument in `argv`, if any."""
+  return next((a for a in argv if a.startswith(f"--{name}=")), None)
+
+
+def _config_file_problem(name: str, argv: Sequence[str]) -> Optional[str]:
+  """What is wrong with the config file given to --name, if anything."""
+  arg = _config_arg(name, argv)
+  path = arg and arg.split("=", 1)[1].split(":", 1)[0]
+  if path and not os.path.isfile(path):
+    return (f"--{name}={path}: no such config file (relative paths are "
+            f"taken from the working directory, {os.getcwd()}).")
+  return None
+
+
+def _load_config(name: str, argv: Sequence[str]):
+  """The config of --name=FILE[:ARG] without overrides, or None."""
+  arg = _config_arg(name, argv)
+  if arg is None:
+    return None
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file(name, None, flag_values=flag_values,
+                                  sys_argv=["", arg])
+  try:
+    flag_values(["", arg])
+    return flag_values[name].value
+  except Exception:  # pylint: disable=broad-except
+    return None  # The file itself is at fault; reported as such.
+
+
+def _unknown_override(name: str, argv: Sequence[str]) -> Optional[str]:
+  """The first --name.a.b=... in `argv` naming a key the config lacks."""
+  config = None
+  for arg in argv:
+    if not arg.startswith(f"--{name}."):
+      continue
+    config = config or _load_config(name, argv)
+    if not isinstance(config, ml_collections.ConfigDict):
+      return None
+    keys = arg.split("=", 1)[0][len(name) + 3:].split(".")
+    node = config
+    for depth, key in enumerate(keys):
+      where = ".".join([name] + keys[:depth])
+      if not isinstance(node, ml_collections.ConfigDict):
+        return f"{arg}: --{where} is a value, not a group of keys."
+      if key not in node:
+        close = difflib.get_close_matches(key, list(node.keys()), n=1)
+        hint = f" Did you mean --{where}.{close[0]}?" if close else ""
+        return (f"{arg}: {where} has no key {key!r}.{hint} Every key, with "
+                "its default, is in big_transfer_med/config_lib.py:"
+                "base_config().")
+      node = node[key]
+  return None
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+  """absl's flag parsing, with every failure reported as one line."""
+  flag_values = flags.FLAGS
+  config_names = _config_flag_names(flag_values)
+  for name in config_names:
+    problem = _config_file_problem(name, argv)
+    if problem:
+      fail(problem)
+  try:
+    return flag_values(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    for name in config_names:
+      problem = _unknown_override(name, argv)
+      if problem:
+        fail(problem)
+    chain = _chain(e)
+    user_errors = [x for x in chain if isinstance(x, errors.UserError)]
+    if user_errors:  # Raised by a config file's get_config: says what to do.
+      fail(str(user_errors[-1]))
+    loading = "Error whilst parsing config file" in str(e)
+    if isinstance(e, flags.Error) and not loading:
+      fail(str(e))  # absl's message names the flag and the value.
+    culprit = next((a for a in map(lambda n: _config_arg(n, argv),
+                                   config_names) if a), None)
+    fail((f"{culprit} does not load: " if culprit else "")
+         + _describe(chain[-1]))
+
+
+def run(main: Callable[[List[str]], None]) -> None:
+  """app.run(main) with one-line user errors (see the module docstring)."""
+  def guarded(argv):
+    try:
+      main(argv)
+    except app.UsageError as e:
+      fail(f"{e} (--help lists the flags).")
+    except errors.UserError as e:
+      fail(str(e))
+  app.run(guarded, flags_parser=parse_flags)

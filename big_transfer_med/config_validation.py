@@ -1,0 +1,263 @@
+"""The one check of a trainer config: type, range or choices of every key.
+
+`validate` runs before anything is read or written: on the config as given
+(after the config file, its arguments and --config.key overrides), and again
+with `resolved=True` once BiT-HyperRule has filled its keys. A bad value
+raises errors.ConfigError naming the key, the value and what is allowed.
+`RULES` has one entry per key of config_lib.base_config() (a test keeps it
+so).
+"""
+import dataclasses
+import re
+from typing import Any, Callable, Dict, Sequence
+
+import ml_collections
+from flax import traverse_util
+
+from big_transfer_med import errors
+from big_transfer_med import losses
+from big_transfer_med import models
+from input_pipeline import labels
+from input_pipeline import pipeline
+from input_pipeline import preprocessing
+from input_pipeline.datasets import cxr_common
+
+PRIMARY_METRICS = ("", "accuracy", "mean_auc", "map", "loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """What a key accepts: `allowed` describes it, `ok(value)` checks it."""
+  allowed: str
+  ok: Callable[[Any], bool]
+  optional: bool = False  # None (unset) is accepted.
+
+  def check(self, value) -> bool:
+    return (self.optional and value is None) or (
+        value is not None and self.ok(value))
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def integer(low: int = None, optional: bool = False) -> Rule:
+  text = "an integer" + (f" >= {low}" if low is not None else "")
+  return Rule(text + (" or None" if optional else ""),
+              lambda v: _is_int(v) and (low is None or v >= low), optional)
+
+
+def number(low: float = None, high: float = None, low_open: bool = False,
+           high_open: bool = False, optional: bool = False) -> Rule:
+  """A float in [low, high] (open ends where asked)."""
+  bounds = []
+  if low is not None:
+    bounds.append(f"{'>' if low_open else '>='} {low}")
+  if high is not None:
+    bounds.append(f"{'<' if high_open else '<='} {high}")
+  def ok(v):
+    return _is_number(v) and (
+        low is None or (v > low if low_open else v >= low)) and (
+            high is None or (v < high if high_open else v <= high))
+  return Rule("a number " + " and ".join(bounds)
+              + (" or None" if optional else ""), ok, optional)
+
+
+def choice(options: Sequence[str]) -> Rule:
+  options = tuple(options)
+  return Rule(f"one of {list(options)}", lambda v: v in options)
+
+
+def boolean() -> Rule:
+  return Rule("True or False", lambda v: isinstance(v, bool))
+
+
+def string(nonempty: bool = False, optional: bool = False) -> Rule:
+  return Rule(("a non-empty string" if nonempty else "a string")
+              + (" or None" if optional else ""),
+              lambda v: isinstance(v, str) and (bool(v) or not nonempty),
+              optional)
+
+
+def sequence(item: Rule, unique: bool = False, increasing: bool = False,
+             nonempty: bool = False, optional: bool = False) -> Rule:
+  """A tuple (or list) whose every item satisfies `item`."""
+  words = [w for w, on in (("non-empty", nonempty), ("unique", unique),
+                           ("non-decreasing", increasing)) if on]
+  def ok(v):
+    if not isinstance(v, (tuple, list)) or (nonempty and not v):
+      return False
+    if not all(item.check(x) for x in v):
+      return False
+    if unique and len(set(v)) != len(v):
+      return False
+    return not increasing or list(v) == sorted(v)
+  return Rule(" ".join(["a"] + words + ["tuple, each item", item.allowed])
+              + (", or None" if optional else ""), ok, optional)
+
+
+def _is_model_name(name) -> bool:
+  try:
+    models.parse_name(name)
+  except (errors.ConfigError, TypeError):
+    return False
+  return True
+
+
+def _is_regex(pattern) -> bool:
+  try:
+    re.compile(pattern)
+  except (re.error, TypeError):
+    return False
+  return True
+
+
+RULES: Dict[str, Rule] = {
+    "seed": integer(0),
+    "model.name": Rule("R<depth>x<width> with depth in "
+                       f"{sorted(models.DEPTHS)} and width in "
+                       f"{list(models.WIDTHS)}, e.g. 'R50x1'", _is_model_name),
+    "model.precision": choice(sorted(models.PRECISIONS)),
+    "init.checkpoint": string(),
+    "init.dont_load": sequence(Rule("regular expression", _is_regex)),
+    "hyperrule": boolean(),
+    "mixup_alpha": number(0, optional=True),
+    "data.name": string(nonempty=True),
+    "data.data_dir": string(optional=True),
+    "data.train_split": string(nonempty=True),
+    "data.eval_split": string(nonempty=True),
+    "data.classes": sequence(integer(0), unique=True),
+    "data.sources": sequence(choice(sorted(pipeline.CXR_SOURCES)),
+                             unique=True),
+    "data.builder_config": string(nonempty=True),
+    "data.label_set": choice(sorted(labels.LABEL_SETS)),
+    "data.uncertain": choice(labels.UNCERTAIN_POLICIES),
+    "data.missing": choice(("mask", "zeros")),
+    "data.views": sequence(choice(cxr_common.VIEWS), unique=True,
+                           nonempty=True),
+    "data.weights": sequence(number(0, low_open=True)),
+    "data.crop_to_square": boolean(),
+    "data.resolution": integer(1, optional=True),
+    "data.resize": integer(1, optional=True),
+    "data.channels": choice((1, 3)),
+    "data.augment": choice(preprocessing.AUGMENTATIONS),
+    "data.crop_padding": integer(0),
+    "data.shift": number(0, 1),
+    "data.scale": number(0, 1, high_open=True),
+    "data.rotation": number(0, 180),
+    "data.eval_batch_size": integer(1, optional=True),
+    "data.prefetch": integer(0),
+    "data.num_threads": integer(1, optional=True),
+    "data.examples_per_class": integer(0),
+    "data.fewshot_seed": integer(0),
+    "data.exclusive": boolean(),
+    "fewshot.dataset": string(),
+    "fewshot.classes": sequence(integer(0), unique=True),
+    "fewshot.train_split": string(nonempty=True),
+    "fewshot.eval_split": string(nonempty=True),
+    "fewshot.shots": sequence(integer(1), unique=True, nonempty=True),
+    "fewshot.seeds": sequence(integer(0), unique=True, nonempty=True),
+    "fewshot.l2_reg": number(0, low_open=True),
+    "fewshot.every_steps": integer(0),
+    "loss": choice(sorted(losses.LOSSES)),
+    "batch_size": integer(1),
+    "total_steps": integer(0, optional=True),
+    "total_epochs": number(0, optional=True),
+    "schedule.decay_type": choice(("step", "cosine", "constant")),
+    "schedule.warmup_steps": integer(0, optional=True),
+    "schedule.warmup_epochs": number(0, optional=True),
+    "schedule.decay_steps": sequence(integer(0), increasing=True,
+                                     optional=True),
+    "schedule.decay_epochs": sequence(number(0), increasing=True,
+                                      optional=True),
+    "schedule.decay_factor": number(0, 1, low_open=True),
+    "optim.base_lr": number(0),  # 0: e.g. to check what a checkpoint gives.
+    "optim.reference_batch_size": integer(1),
+    "optim.momentum": number(0, 1, high_open=True),
+    "optim.nesterov": boolean(),
+    "optim.weight_decay": number(0),
+    "optim.agc_clipping": number(0, optional=True),
+    "optim.agc_eps": number(0, low_open=True),
+    "primary_metric": choice(PRIMARY_METRICS),
+    "eval_per_class": boolean(),
+    "on_nonfinite": choice(("stop", "skip")),
+    "max_consecutive_nonfinite": integer(0),
+    "log_every_steps": integer(1),
+    "eval_every_steps": integer(0),
+    "checkpoint.every_steps": integer(0),
+    "checkpoint.keep": integer(1),
+}
+
+# Durations given as steps or epochs (see optim.steps_from).
+_DURATIONS = (("total_steps", "total_epochs"),
+              ("schedule.warmup_steps", "schedule.warmup_epochs"),
+              ("schedule.decay_steps", "schedule.decay_epochs"))
+
+
+def flat_items(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """{'a.b': value} for every leaf key of `config`."""
+  return traverse_util.flatten_dict(config.to_dict(), sep=".")
+
+
+def _fail(key: str, value, allowed: str) -> None:
+  raise errors.ConfigError(f"config.{key}={value!r}: expected {allowed}.")
+
+
+def _check_keys(values: Dict[str, Any]) -> None:
+  for key, value in values.items():
+    rule = RULES.get(key)
+    if rule is None:
+      raise errors.ConfigError(
+          f"config.{key} is not a key of config_lib.base_config(); "
+          "remove it or add it there (and its rule to config_validation).")
+    if not rule.check(value):
+      _fail(key, value, rule.allowed)
+
+
+def _check_together(values: Dict[str, Any], resolved: bool) -> None:
+  """Rules across keys."""
+  for steps, epochs in _DURATIONS:
+    if values[steps] and values[epochs]:
+      raise errors.ConfigError(
+          f"Set only one of config.{steps} ({values[steps]}) and "
+          f"config.{epochs} ({values[epochs]}); set the other to 0.")
+  if values["data.weights"] and (
+      len(values["data.weights"]) != len(values["data.sources"])):
+    _fail("data.weights", values["data.weights"],
+          f"one weight per source of config.data.sources "
+          f"({len(values['data.sources'])}), or ()")
+  if values["data.exclusive"] and not values["data.sources"]:
+    _fail("data.exclusive", True, "False unless config.data.sources names "
+          "chest X-ray sources")
+  if not (resolved or values["hyperrule"]):
+    resolved = True  # Nothing will fill the unset keys.
+  if not resolved:
+    return
+  if not values["data.resolution"]:
+    raise errors.ConfigError("config.data.resolution is unset: set it, or "
+                             "set config.hyperrule=True to derive it.")
+  if not (values["total_steps"] or values["total_epochs"]):
+    raise errors.ConfigError("Set config.total_steps or config.total_epochs "
+                             "(or config.hyperrule=True to derive them).")
+  if values["data.augment"] == "bit" and not (
+      values["data.resize"] and values["data.resize"] >= values[
+          "data.resolution"]):
+    _fail("data.resize", values["data.resize"],
+          f"an integer >= config.data.resolution ({values['data.resolution']})"
+          " for config.data.augment='bit' (resize, then random crop)")
+
+
+def validate(config: ml_collections.ConfigDict,
+             resolved: bool = False) -> None:
+  """Raises errors.ConfigError for the first invalid key of `config`.
+
+  With `resolved=False` (before BiT-HyperRule) the keys the rule fills may
+  be unset when config.hyperrule is on; `resolved=True` checks them too.
+  """
+  values = flat_items(config)
+  _check_keys(values)
+  _check_together(values, resolved)

@@ -1,0 +1,302 @@
+"""What users type: relative paths, config values and files checked before
+anything is written, and every mistake reported in one line (exit code 2)."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from big_transfer_med import checkpoints
+from big_transfer_med import config_lib
+from big_transfer_med import config_validation
+from big_transfer_med import errors
+from big_transfer_med import paths
+from big_transfer_med import study
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "fashion_mnist_upstream.py")
+TORCH_FILE = os.path.join(REPO, "tests", "testdata", "torch")
+
+
+def _run(module, *args, cwd=REPO, timeout=600):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd,
+                        env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _error_line(result) -> str:
+  """The one ERROR line of a failed command; fails on tracebacks."""
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("ERROR")]
+  assert len(lines) == 1, result.stderr[-3000:]
+  return lines[0]
+
+
+# Relative and remote paths.
+
+def test_absolute_keeps_remote_and_empty_paths(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert paths.absolute("runs/a") == str(tmp_path / "runs" / "a")
+  assert paths.absolute("gs://bucket/runs/a") == "gs://bucket/runs/a"
+  assert paths.absolute("") == "" and paths.absolute(None) is None
+  assert paths.absolute("~/x") == os.path.join(os.path.expanduser("~"), "x")
+  c = config_lib.base_config()
+  c.init.checkpoint, c.data.data_dir = "up", "gs://bucket/tfds"
+  absolute = paths.absolute_config_paths(c)
+  assert absolute.init.checkpoint == str(tmp_path / "up")
+  assert absolute.data.data_dir == "gs://bucket/tfds"
+  assert c.init.checkpoint == "up"  # The given config is not changed.
+
+
+def test_study_spec_paths_are_made_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  spec = study.default_spec()
+  spec.workdir, spec.targets = "studies/s", ("fmnist_5to9",)
+  spec.sources = {"up": "runs/up", "scratch": "", "bucket": "gs://b/up"}
+  spec = study.absolute_spec_paths(spec)
+  assert spec.workdir == str(tmp_path / "studies" / "s")
+  assert spec.config == str(tmp_path / "configs" / "transfer.py")
+  assert dict(spec.sources) == {"up": str(tmp_path / "runs" / "up"),
+                                "scratch": "", "bucket": "gs://b/up"}
+  job = next(j for j in study.expand(spec) if j.source == "up")
+  assert f"init={tmp_path / 'runs' / 'up'}" in study.command(spec, job)
+
+
+def test_main_with_relative_paths_from_another_directory(
+    tiny_fmnist_data_dir, tmp_path):
+  """Save, resume and init.checkpoint, all from relative paths (orbax needs
+  absolute ones), run from a directory that is not the repository."""
+  cwd = tmp_path / "elsewhere"
+  cwd.mkdir()
+  data_dir = os.path.relpath(tiny_fmnist_data_dir, cwd)
+  config = os.path.relpath(CONFIG, cwd)
+  common = [f"--config={config}", f"--config.data.data_dir={data_dir}",
+            "--config.batch_size=8", "--config.total_epochs=0",
+            "--config.schedule.warmup_epochs=0", "--config.fewshot.dataset=",
+            "--config.checkpoint.every_steps=1", "--config.log_every_steps=1"]
+  first = _run("big_transfer_med.main", *common, "--workdir=runs/up",
+               "--config.total_steps=2", cwd=cwd)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert (cwd / "runs" / "up" / "checkpoints" / "2").is_dir()
+  saved = json.loads((cwd / "runs" / "up" / "config.json").read_text())
+  assert saved["data"]["data_dir"] == tiny_fmnist_data_dir
+
+  resumed = _run("big_transfer_med.main", *common, "--workdir=runs/up",
+                 "--config.total_steps=3", "--allow_config_change", cwd=cwd)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resumed from the checkpoint at step 2" in resumed.stderr
+  assert (cwd / "runs" / "up" / "checkpoints" / "3").is_dir()
+
+  finetuned = _run("big_transfer_med.main", *common, "--workdir=runs/ft",
+                   "--config.total_steps=1",
+                   "--config.init.checkpoint=runs/up", cwd=cwd)
+  assert finetuned.returncode == 0, finetuned.stderr[-3000:]
+  results = json.loads((cwd / "runs" / "ft" / "results.json").read_text())
+  assert results["init_checkpoint"] == str(cwd / "runs" / "up")
+  assert results["init"]["loaded"] > 0 and results["init"]["initialised"] == 0
+
+
+# Config values.
+
+def test_every_base_config_key_has_exactly_one_rule():
+  keys = set(config_validation.flat_items(config_lib.base_config()))
+  assert keys == set(config_validation.RULES)
+
+
+@pytest.mark.parametrize("key", sorted(config_validation.RULES))
+def test_every_key_refuses_a_value_of_the_wrong_kind(key):
+  values = config_lib.base_config().to_dict()
+  *parents, leaf = key.split(".")
+  node = values
+  for p in parents:
+    node = node[p]
+  node[leaf] = {1, 2}  # No rule accepts a set.
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.ConfigError, match=rf"^config\.{key}="):
+    config_validation.validate(ml_collections.ConfigDict(values))
+
+
+def _valid_config():
+  c = config_lib.base_config()
+  c.data.resolution, c.total_steps = 32, 10
+  return c
+
+
+@pytest.mark.parametrize("key,value", [
+    ("batch_size", -4), ("batch_size", 0), ("log_every_steps", 0),
+    ("optim.base_lr", -0.1), ("optim.momentum", -0.5),
+    ("optim.momentum", 1.0), ("optim.weight_decay", -1e-4),
+    ("schedule.warmup_steps", -5), ("schedule.warmup_epochs", -1.0),
+    ("schedule.decay_factor", -0.1), ("schedule.decay_factor", 0.0),
+    ("schedule.decay_factor", 2.0), ("schedule.decay_steps", (30, 20)),
+    ("mixup_alpha", -0.2), ("total_steps", -1), ("total_epochs", -1.0),
+    ("checkpoint.keep", 0), ("checkpoint.every_steps", -1),
+    ("data.augment", "rotate"), ("data.channels", 2), ("data.resolution", 0),
+    ("data.shift", 1.5), ("data.views", ("PA", "SIDE")),
+    ("data.sources", ("chexpert", "imagenet")), ("data.label_set", "all"),
+    ("data.uncertain", "maybe"), ("data.classes", (1, 1)),
+    ("model.name", "R51x1"), ("model.precision", "float16"),
+    ("loss", "hinge"), ("primary_metric", "f1"), ("on_nonfinite", "ignore"),
+    ("init.dont_load", ("head/[",)), ("fewshot.shots", (0, 5)),
+    ("fewshot.l2_reg", 0.0), ("seed", -1), ("optim.agc_eps", 0.0),
+])
+def test_bad_values_are_refused_naming_key_and_allowed(key, value):
+  c = _valid_config()
+  *parents, leaf = key.split(".")
+  node = c
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(errors.ConfigError) as raised:
+    config_validation.validate(c)
+  message = str(raised.value)
+  assert message.startswith(f"config.{key}={value!r}: expected ")
+  assert "\n" not in message
+
+
+def test_rules_across_keys():
+  c = _valid_config()
+  c.total_epochs = 2.0
+  with pytest.raises(errors.ConfigError, match="only one of config.total_steps"):
+    config_validation.validate(c)
+  c = _valid_config()
+  c.data.sources, c.data.weights = ("chexpert", "nih14"), (1.0,)
+  with pytest.raises(errors.ConfigError, match="config.data.weights"):
+    config_validation.validate(c)
+  c = _valid_config()
+  c.data.augment, c.data.resize = "bit", 16
+  with pytest.raises(errors.ConfigError, match="config.data.resize=16"):
+    config_validation.validate(c)
+  c = _valid_config()
+  c.hyperrule, c.data.resolution, c.total_steps = True, None, None
+  config_validation.validate(c)  # HyperRule will fill them ...
+  with pytest.raises(errors.ConfigError, match="data.resolution is unset"):
+    config_validation.validate(c, resolved=True)  # ... and then they count.
+
+
+@pytest.mark.parametrize("config_file,arg", [
+    ("fashion_mnist_upstream.py", ""), ("fashion_mnist_upstream.py", "model=R50x1,res=64"),
+    ("r50x1_chest.py", ""), ("r50x1_chest.py", "sources=chexpert+mimic,label_set=union"),
+    ("r50x1_chest.py", "sources=nih14,views=all"), ("r152x4_chest.py", "sources=nih14"),
+    ("transfer.py", "target=cifar10,init=x.npz"),
+    ("transfer.py", "target=padchest_cl,model=R152x4,shots=5,seed=2"),
+    ("transfer.py", "target=fmnist_5to9,res=28,resize=32,steps=20,batch=16,lr=0.5"),
+])
+def test_shipped_configs_are_valid(config_file, arg):
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FlagValues()
+  spec = os.path.join(REPO, "configs", config_file) + (f":{arg}" if arg else "")
+  config_flags.DEFINE_config_file("config", None, flag_values=flag_values,
+                                  sys_argv=["", f"--config={spec}"])
+  flag_values(["", f"--config={spec}"])
+  config_validation.validate(flag_values.config)
+
+
+@pytest.mark.parametrize("arg,expected", [
+    ("foo=1", r"unknown argument 'foo' in 'foo=1' \(keys: model, res, epochs\)"),
+    ("res=abc", "argument res='abc' is not a valid int"),
+    ("res", "argument 'res' is not of the form key=value"),
+])
+def test_config_arguments_are_checked(arg, expected):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("c", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with pytest.raises(errors.ConfigError, match=expected):
+    module.get_config(arg)
+
+
+# One line per mistake, nothing written.
+
+@pytest.mark.parametrize("args,expected", [
+    (["--config.batch_size=-4"], "ERROR: config.batch_size=-4: expected an integer >= 1."),
+    (["--config.data.augment=rotate", "--config.checkpoint.keep=0"],
+     "ERROR: config.checkpoint.keep=0: expected an integer >= 1."),
+    (["--config.optim.nmomentum=0.5"], "Did you mean --config.optim.momentum?"),
+    (["--config.batch_size=abc"], "ERROR: flag --config.batch_size=abc: invalid literal"),
+], ids=["negative-batch", "first-bad-key", "unknown-key", "not-a-number"])
+def test_main_bad_value_is_one_line_and_writes_nothing(args, expected, tmp_path):
+  workdir = tmp_path / "run"
+  line = _error_line(_run("big_transfer_med.main", f"--config={CONFIG}",
+                          f"--workdir={workdir}", *args))
+  assert expected in line, line
+  assert not workdir.exists()
+
+
+def test_main_bad_config_files_are_one_line(tmp_path):
+  (tmp_path / "syntax.py").write_text("def get_config(:\n  pass\n")
+  (tmp_path / "raises.py").write_text("def get_config():\n  return 1 / 0\n")
+  cases = {
+      "configs/nonexistent.py": "ERROR: --config=configs/nonexistent.py: no such config file",
+      f"{tmp_path}/syntax.py": f"does not load: SyntaxError in {tmp_path}/syntax.py, line 1",
+      f"{tmp_path}/raises.py": "does not load: ZeroDivisionError: division by zero",
+      f"{CONFIG}:nope=1": "unknown argument 'nope' in 'nope=1'",
+      os.path.join(REPO, "configs", "transfer.py"): "configs/transfer.py needs target=",
+  }
+  for config, expected in cases.items():
+    line = _error_line(_run("big_transfer_med.main", f"--config={config}",
+                            f"--workdir={tmp_path / 'run'}"))
+    assert expected in line, line
+  assert not (tmp_path / "run").exists()
+
+
+def _bad_checkpoints(directory):
+  """Damaged or foreign files named like checkpoints."""
+  np.savez(directory / "good.npz", **{"resnet/group_norm/gamma": np.ones(3)})
+  good = (directory / "good.npz").read_bytes()
+  real_torch = open(glob.glob(os.path.join(TORCH_FILE, "*.pt*"))[0], "rb").read()
+  files = {"empty.npz": b"", "truncated.npz": good[:len(good) // 2],
+           "text.npz": b"not a checkpoint\n", "empty.pth": b"",
+           "truncated.pth": real_torch[:len(real_torch) // 2],
+           "random.pth.tar": np.random.default_rng(0).bytes(4096)}
+  for name, data in files.items():
+    (directory / name).write_bytes(data)
+  np.savez(directory / "objects.npz", names=np.array([{"a": 1}], dtype=object))
+  return sorted(files) + ["objects.npz"]
+
+
+def test_damaged_checkpoints_fail_naming_the_file(tmp_path):
+  template = checkpoints.params_template("R26x1", 10)
+  for name in _bad_checkpoints(tmp_path):
+    path = str(tmp_path / name)
+    with pytest.raises(errors.CheckpointMismatchError) as raised:
+      checkpoints.load_pretrained(path, template)
+    assert path in str(raised.value), name
+    assert "\n" not in str(raised.value), name
+  empty_dir = tmp_path / "not_a_run"
+  empty_dir.mkdir()
+  with pytest.raises(errors.CheckpointMismatchError, match="holds no checkpoint"):
+    checkpoints.load_pretrained(str(empty_dir), template)
+
+
+def test_main_damaged_init_checkpoint_is_one_line(tiny_fmnist_data_dir,
+                                                  tmp_path):
+  (tmp_path / "empty.npz").write_bytes(b"")
+  workdir = tmp_path / "run"
+  line = _error_line(_run(
+      "big_transfer_med.main", f"--config={CONFIG}", f"--workdir={workdir}",
+      f"--config.data.data_dir={tiny_fmnist_data_dir}", "--config.batch_size=8",
+      f"--config.init.checkpoint={tmp_path / 'empty.npz'}"))
+  assert f"{tmp_path / 'empty.npz'} cannot be read as a checkpoint" in line
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("module,args,expected", [
+    ("big_transfer_med.predict", ["--workdir=nowhere", "x.png"],
+     "nowhere/config.json not found"),
+    ("big_transfer_med.fewshot", ["--dataset=fashion_mnist_local"],
+     "Give --workdir, or --checkpoint and --model."),
+    ("big_transfer_med.study", ["--spec=configs/studies/fmnist_demo.py",
+                                "--spec.sourcez=1"], "Did you mean --spec.sources?"),
+    ("big_transfer_med.benchmark", ["--what=flops"], "--what: unknown ['flops']"),
+    ("big_transfer_med.main", ["--workdir=x"], "ERROR: flag --config"),
+])
+def test_every_entry_point_reports_one_line(module, args, expected):
+  line = _error_line(_run(module, *args))
+  assert expected in line, line
