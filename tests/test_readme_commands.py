@@ -7,7 +7,7 @@ the prose. For each command:
 * `python -m MODULE` / `python scripts/x.py`: the module or file exists, and
   every `--flag`, `--noflag` and `[--flag=...]` is defined, enum values among
   the choices (absl: the flags listed by `--helpxml`; otherwise those named in
-  `--help` output; both run once per tool, see _FLAG_LISTER);
+  `--help` output; both run once per tool, see prefetch_flags);
 * `--config=FILE[:ARG]` (any ml_collections config flag, e.g. `--spec`): FILE
   exists and its `get_config(ARG)` returns a ConfigDict in which every
   `--config.a.b=...` override names an existing key;
@@ -27,7 +27,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 
 import ml_collections
@@ -162,38 +161,6 @@ def readme_commands(path=README):
 # once and each target then runs in a fork of that process, as `-m` would run
 # it (run_name "__main__", so flags defined under `if __name__ == ...` count).
 # The absl flags TensorFlow itself defines (absltest's, TPU's) are removed.
-_FLAG_LISTER = r"""
-import json, os, runpy, sys
-from absl import app, flags, logging  # noqa: F401  (their flags stay)
-before = set(flags.FLAGS)
-import tensorflow  # noqa: F401
-pids = []
-for args, out in json.loads(sys.argv[1]):
-  pid = os.fork()
-  if pid:
-    pids.append(pid)
-    continue
-  for name in set(flags.FLAGS) - before:
-    delattr(flags.FLAGS, name)
-  os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT), 1)
-  os.dup2(os.open(out + ".err", os.O_WRONLY | os.O_CREAT), 2)
-  try:
-    if args[0] == "-m":
-      sys.argv = args[1:]
-      runpy.run_module(args[1], run_name="__main__", alter_sys=True)
-    else:
-      sys.argv, sys.path[0] = args, os.path.dirname(os.path.abspath(args[0]))
-      runpy.run_path(args[0], run_name="__main__")
-  except BaseException as e:  # absl's --helpxml exits 1; argparse's --help 0.
-    if not isinstance(e, SystemExit):
-      print(repr(e), file=sys.stderr)
-  finally:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-for pid in pids:
-  os.waitpid(pid, 0)
-"""
 _FLAGS = {}
 
 
@@ -222,19 +189,18 @@ def _parse_help(target, out, err):
 
 
 def prefetch_flags(targets):
-  """Lists the flags of all targets (tuples of `python` arguments) at once."""
+  """Lists the flags of all targets (tuples of `python` arguments) at once:
+  one `--helpxml` (absl) or `--help` process per target, run concurrently
+  (each imports TensorFlow; flags defined under `__main__` count)."""
   todo = sorted(set(targets) - set(_FLAGS))
-  if not todo:
-    return
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  with tempfile.TemporaryDirectory() as tmp:
-    jobs = [([*t, "--helpxml" if _uses_absl(t) else "--help"],
-             os.path.join(tmp, str(i))) for i, t in enumerate(todo)]
-    subprocess.run([sys.executable, "-c", _FLAG_LISTER, json.dumps(jobs)],
-                   cwd=REPO, env=env, check=True, timeout=300)
-    for target, (_, out) in zip(todo, jobs):
-      with open(out) as f, open(out + ".err") as e:
-        _FLAGS[target] = _parse_help(target, f.read(), e.read())
+  running = [(t, subprocess.Popen(
+      [sys.executable, *t, "--helpxml" if _uses_absl(t) else "--help"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)) for t in todo]
+  for target, process in running:
+    out, err = process.communicate(timeout=300)  # absl's --helpxml exits 1.
+    _FLAGS[target] = _parse_help(target, out, err)
 
 
 def defined_flags(target):
