@@ -7,7 +7,8 @@ r"""Benchmarks: one JSON line per measurement.
       --config=configs/r50x1_chest.py:sources=nih14 --config.data.data_dir=DIR
 
 Measurements (`--what`, comma-separated):
-  peak    dense float32 matmul FLOP/s of one device (the MFU denominator);
+  peak    dense matmul FLOP/s of one device in --precision (the MFU
+          denominator);
   train   the trainer's pmapped train step on random data: step time,
           images/s, GFLOPs per image (XLA cost analysis), FLOP/s and MFU;
   memory  the train step's device memory (XLA memory analysis of the
@@ -366,8 +367,9 @@ def _measure(what, config) -> None:
   model_args = (FLAGS.model, FLAGS.resolution, FLAGS.batch_size)
   shape_args = dict(channels=FLAGS.channels, num_classes=FLAGS.num_classes,
                     precision=FLAGS.precision)
-  peak = (matmul_peak(FLAGS.peak_size)["flops_per_sec"]
-          if "peak" in what else None)
+  # MFU against the matmul peak of the precision the step computes in.
+  peak = (matmul_peak(FLAGS.peak_size, dtype=models.PRECISIONS[
+      FLAGS.precision])["flops_per_sec"] if "peak" in what else None)
   ours = (train_step_speed(*model_args, FLAGS.steps, peak=peak, **shape_args)
           if "train" in what else None)
   if "timm" in what:

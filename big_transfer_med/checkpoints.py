@@ -15,7 +15,6 @@ one-to-one (PyTorch names map likewise, see _from_torch_name):
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -26,6 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
+from big_transfer_med import atomic_files
 from big_transfer_med import errors
 from big_transfer_med import models
 from big_transfer_med import torch_format
@@ -76,16 +76,8 @@ def save_bit_npz(params: Dict[str, Any], path: str) -> None:
   """Writes `params` as a BiT .npz (atomically: a reader never sees half a file)."""
   flat = traverse_util.flatten_dict(jax.device_get(params))
   arrays = {_bit_name(k): _to_bit_array(k, v) for k, v in flat.items()}
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with atomic_files.open_atomically(path, "wb") as f:
+    np.savez(f, **arrays)
 
 
 def read_bit_npz(path: str) -> Dict[str, np.ndarray]:

@@ -42,8 +42,9 @@ def apply(config: ml_collections.ConfigDict, dataset_size: int,
           image_size: Sequence[Optional[int]]) -> ml_collections.ConfigDict:
   """Returns a copy of `config` with the rule's values for every unset key.
 
-  With config.total_steps set but no decay steps, the rule's boundaries are
-  scaled to that length (a shortened run keeps the schedule's shape).
+  With config.total_steps or config.total_epochs set but no warmup or decay,
+  the rule's boundaries are scaled to that length (a shortened run keeps the
+  schedule's shape).
   """
   if not config.hyperrule:
     return config
@@ -53,8 +54,10 @@ def apply(config: ml_collections.ConfigDict, dataset_size: int,
   warmup, *decays, total = schedule_boundaries(dataset_size)
   if not c.total_steps and not c.total_epochs:
     c.total_steps = total
-  if c.total_steps:
-    scale = c.total_steps / total
+  # The run's length in steps (epochs of dataset_size / batch_size steps).
+  length = c.total_steps or c.total_epochs * dataset_size / c.batch_size
+  if length:
+    scale = length / total
     s = c.schedule
     if s.warmup_steps is None and not s.warmup_epochs:
       s.warmup_steps = int(round(warmup * scale))

@@ -50,8 +50,3 @@ def get_loss(name: str) -> LossFn:
     raise errors.ConfigError(
         f"config.loss={name!r}: expected one of {sorted(LOSSES)}.")
   return LOSSES[name]
-
-
-def mean_loss(name: str, logits, labels, mask=None) -> jax.Array:
-  total, count = get_loss(name)(logits, labels, mask)
-  return total / jnp.maximum(count, 1.0)

@@ -7,6 +7,8 @@ import jax
 import numpy as np
 from clu import metric_writers
 
+from big_transfer_med import atomic_files
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -23,10 +25,8 @@ class JsonlWriter(metric_writers.MetricWriter):
       with open(path) as f:
         kept = [line for line in f
                 if line.strip() and json.loads(line)["step"] <= start_step]
-      tmp = path + ".tmp"
-      with open(tmp, "w") as f:
+      with atomic_files.open_atomically(path) as f:
         f.writelines(kept)
-      os.replace(tmp, path)
     self._file = open(path, "a")
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):

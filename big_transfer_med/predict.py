@@ -34,13 +34,14 @@ def predict(workdir: str,
   params = runs.load_params(workdir)
   model = models.get_model(config.model.name, len(labels["label_names"]),
                            config.model.precision)
-  apply = jax.jit(lambda images: model.apply({"params": params}, images))
+  # Parameters are an argument, not constants folded into the executable.
+  apply = jax.jit(lambda p, images: model.apply({"params": p}, images))
   out = {}
   for path in image_paths:
     image = xray_io.read_xray(path)[..., None]  # float32 [H, W, 1] in [0, 1].
     image = preprocessing.preprocess(tf.constant(image), config.data,
                                      train=False, rng=tf.zeros([2], tf.int64))
-    logits = apply(image.numpy()[None])[0]
+    logits = apply(params, image.numpy()[None])[0]
     probabilities = (jax.nn.sigmoid(logits) if labels["multi_label"]
                      else jax.nn.softmax(logits))
     out[path] = {name: round(float(p), 6) for name, p in

@@ -36,6 +36,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from big_transfer_med import atomic_files
 from big_transfer_med import errors
 from big_transfer_med import paths
 
@@ -167,11 +168,10 @@ def summarise(rows: Sequence[Dict]) -> List[Dict]:
 
 
 def _write_csv(path: str, rows: Sequence[Dict]) -> None:
-  with open(path + ".tmp", "w", newline="") as f:
+  with atomic_files.open_atomically(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  os.replace(path + ".tmp", path)
 
 
 def markdown_table(summary: Sequence[Dict]) -> str:
@@ -239,7 +239,8 @@ def aggregate(spec, jobs: Sequence[Job]) -> str:
   _write_csv(os.path.join(spec.workdir, "results.csv"), rows)
   _write_csv(os.path.join(spec.workdir, "summary.csv"), summary)
   table = markdown_table(summary)
-  with open(os.path.join(spec.workdir, "summary.md"), "w") as f:
+  summary_md = os.path.join(spec.workdir, "summary.md")
+  with atomic_files.open_atomically(summary_md) as f:
     f.write(f"# {spec.name}\n\n{len(rows)} of {len(jobs)} jobs finished.\n\n"
             + table)
   plots = plot(summary, spec.workdir)
@@ -300,7 +301,7 @@ def main(argv):
     os.makedirs(spec.workdir, exist_ok=True)
     todo = [command(spec, j) for j in jobs if not j.done]
     path = os.path.join(spec.workdir, "jobs.txt")
-    with open(path, "w") as f:
+    with atomic_files.open_atomically(path) as f:
       f.write("".join(c + "\n" for c in todo))
     print(f"Wrote {len(todo)} commands ({len(jobs) - len(todo)} jobs done) "
           f"to {path}.")

@@ -21,6 +21,7 @@ from flax import jax_utils
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from big_transfer_med import atomic_files
 from big_transfer_med import checkpoints
 from big_transfer_med import config_validation
 from big_transfer_med import errors
@@ -144,16 +145,18 @@ def evaluate(p_eval_step, params, batches, multi_label: bool = False,
              label_names=None) -> Dict[str, Any]:
   """Runs one pass; every example counts exactly once (padding is masked),
   whatever the device and host count."""
+  # Sums and outputs stay on the devices until the pass is over: one
+  # transfer per evaluation, none per batch.
   totals, outputs = None, []
   for batch in batches:
     out = p_eval_step(params, batch)
-    sums = unreplicate(out["sums"])
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = out["sums"] if totals is None else jax.tree.map(
+        jnp.add, totals, out["sums"])
     if "outputs" in out:
-      outputs.append(jax.tree.map(
-          lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]),
-          jax.device_get(out["outputs"])))
-  totals = jax.device_get(totals)
+      outputs.append(out["outputs"])
+  totals = unreplicate(totals)  # psummed: every device holds the totals.
+  outputs = [jax.tree.map(lambda x: np.asarray(x).reshape(
+      (-1,) + x.shape[2:]), o) for o in jax.device_get(outputs)]
   result = {"loss": totals["loss"] / max(totals["loss_count"], 1),
             "examples": totals["examples"]}
   if "correct" in totals:
@@ -181,10 +184,8 @@ def scalars_of(results: Dict[str, Any], prefix: str) -> Dict[str, float]:
 
 def _write_json(path: str, obj) -> None:
   """Writes JSON atomically (a crash never leaves half a file)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with atomic_files.open_atomically(path) as f:
     json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 class NonFiniteGuard:

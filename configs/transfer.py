@@ -70,7 +70,6 @@ def get_config(arg: str = ""):
   c.loss, c.primary_metric = loss, metric
   c.data.channels = 3
   c.data.augment = "bit"
-  c.data.views = ("PA", "AP", "AP_SUPINE")
   for key, value in data.items():
     c.data[key] = value
   c.data.examples_per_class = args.get("shots", 0)

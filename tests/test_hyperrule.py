@@ -3,6 +3,7 @@ import pytest
 
 from big_transfer_med import config_lib
 from big_transfer_med import hyperrule
+from big_transfer_med import optim
 
 
 @pytest.mark.parametrize("size, expected", [
@@ -58,6 +59,23 @@ def test_apply_keeps_overrides_and_scales_a_shortened_schedule():
   assert tuple(c.schedule.decay_steps) == (20, 30, 40)
   assert c.data.resolution == 64 and c.data.resize is None
   assert c.mixup_alpha == 0.0
+
+
+def test_a_schedule_in_epochs_gets_the_rules_warmup_and_decays():
+  # 1,000 examples / batch 100 = 10 steps an epoch; 2 epochs = 20 steps of
+  # the rule's 500 (< 20k examples): warmup 100 and decays 200/300/400 scaled.
+  c = hyperrule.apply(_config(**{"total_epochs": 2.0, "batch_size": 100}),
+                      1000, (32, 32))
+  assert c.total_steps is None and c.total_epochs == 2.0
+  assert c.schedule.warmup_steps == 4
+  assert tuple(c.schedule.decay_steps) == (8, 12, 16)
+  optimizer, schedule, total = optim.from_config(c, steps_per_epoch=10)
+  assert total == 20
+  peak = optim.scaled_learning_rate(c.optim.base_lr, 100,
+                                    c.optim.reference_batch_size)
+  assert float(schedule(4)) == pytest.approx(peak)  # Warmup ends at 4 ...
+  assert float(schedule(8)) == pytest.approx(peak * 0.1)  # ... decays at 8.
+  assert float(schedule(19)) == pytest.approx(peak * 0.001)
 
 
 def test_apply_is_off_unless_asked():

@@ -22,7 +22,6 @@ _VIEW_SYNONYMS = {
     "AP_SUPINE": "AP_SUPINE", "SUPINE": "AP_SUPINE",
     "L": "LATERAL", "LL": "LATERAL", "LATERAL": "LATERAL", "RL": "LATERAL",
 }
-FRONTAL_VIEWS = ("PA", "AP", "AP_SUPINE")
 DEFAULT_MAX_SHORT_SIDE = 512
 # Pillow refuses images above ~179 MP as "decompression bombs"; radiographs
 # are far below that, so the check only gets in the way of 16-bit files.
