@@ -45,6 +45,7 @@ from ml_collections import config_flags
 
 from big_transfer_med import cli
 from big_transfer_med import config_lib
+from big_transfer_med import config_validation
 from big_transfer_med import errors
 from big_transfer_med import losses
 from big_transfer_med import models
@@ -359,6 +360,8 @@ def main(argv):
     raise app.UsageError("--what=input/e2e/seed_input needs --config=FILE "
                          "(the data).")
   config = FLAGS.config and paths.absolute_config_paths(FLAGS.config)
+  if config:
+    config_validation.validate(config)
   _measure(what, config)
 
 

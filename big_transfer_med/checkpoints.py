@@ -224,7 +224,13 @@ def load_pretrained(path: str, params: Dict[str, Any],
   new class count); names matching a `dont_load` regex stay fresh too. Any
   other missing, unexpected or wrongly-shaped tensor is an error naming them.
   """
-  arrays, file_names = read_pretrained(path)
+  return _fit(path, *read_pretrained(path), params, dont_load)
+
+
+def _fit(path: str, arrays: Dict[str, np.ndarray], file_names: Dict[str, str],
+         params: Dict[str, Any], dont_load: Sequence[str] = ()
+         ) -> Tuple[Dict[str, Any], Dict[str, List[str]]]:
+  """load_pretrained on the arrays read from `path`."""
   flat = {"/".join(k): v for k, v in
           traverse_util.flatten_dict(jax.device_get(params)).items()}
   patterns = [re.compile(p) for p in dont_load]
@@ -283,10 +289,10 @@ def load_bit_npz(path: str, model_name: str) -> Dict[str, Any]:
   if not path.endswith(".npz"):
     raise errors.CheckpointMismatchError(
         f"{path} is not a .npz file; load_pretrained reads every format.")
-  arrays, _ = read_pretrained(path)
+  arrays, file_names = read_pretrained(path)  # Read once: files are large.
   head, root = arrays.get("head/kernel"), arrays.get("root_block/kernel")
   template = params_template(
       model_name, None if head is None else head.shape[-1],
       3 if root is None else root.shape[2])
-  params, _ = load_pretrained(path, template)
+  params, _ = _fit(path, arrays, file_names, template)
   return params

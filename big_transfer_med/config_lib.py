@@ -29,24 +29,23 @@ def parse_arguments(arg: str, types: Dict[str, Callable[[str], Any]],
   An unknown key, a part without '=' or a value of the wrong type raises
   errors.ConfigError naming `config_file` and the accepted keys.
   """
-  name = config_file
   accepted = ", ".join(types)
   values = {}
   for part in (p for p in arg.split(",") if p):
     key, sep, value = part.partition("=")
     if not sep:
       raise errors.ConfigError(
-          f"{name}: argument {part!r} is not of the form key=value (keys: "
+          f"{config_file}: argument {part!r} is not of the form key=value (keys: "
           f"{accepted}).")
     if key not in types:
       raise errors.ConfigError(
-          f"{name}: unknown argument {key!r} in {part!r} (keys: {accepted}).")
+          f"{config_file}: unknown argument {key!r} in {part!r} (keys: {accepted}).")
     kind = types[key]
     try:
       values[key] = kind(value)
     except ValueError:
       raise errors.ConfigError(
-          f"{name}: argument {key}={value!r} is not a valid "
+          f"{config_file}: argument {key}={value!r} is not a valid "
           f"{getattr(kind, '__name__', kind)}.") from None
   return values
 

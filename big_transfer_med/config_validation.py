@@ -17,6 +17,7 @@ from flax import traverse_util
 from big_transfer_med import errors
 from big_transfer_med import losses
 from big_transfer_med import models
+from big_transfer_med import optim
 from input_pipeline import labels
 from input_pipeline import pipeline
 from input_pipeline import preprocessing
@@ -221,10 +222,7 @@ def _check_keys(values: Dict[str, Any]) -> None:
 def _check_together(values: Dict[str, Any], resolved: bool) -> None:
   """Rules across keys."""
   for steps, epochs in _DURATIONS:
-    if values[steps] and values[epochs]:
-      raise errors.ConfigError(
-          f"Set only one of config.{steps} ({values[steps]}) and "
-          f"config.{epochs} ({values[epochs]}); set the other to 0.")
+    optim.check_steps_or_epochs(steps, values[steps], epochs, values[epochs])
   if values["data.weights"] and (
       len(values["data.weights"]) != len(values["data.sources"])):
     _fail("data.weights", values["data.weights"],
@@ -233,10 +231,8 @@ def _check_together(values: Dict[str, Any], resolved: bool) -> None:
   if values["data.exclusive"] and not values["data.sources"]:
     _fail("data.exclusive", True, "False unless config.data.sources names "
           "chest X-ray sources")
-  if not (resolved or values["hyperrule"]):
-    resolved = True  # Nothing will fill the unset keys.
-  if not resolved:
-    return
+  if values["hyperrule"] and not resolved:
+    return  # BiT-HyperRule fills the keys checked below.
   if not values["data.resolution"]:
     raise errors.ConfigError("config.data.resolution is unset: set it, or "
                              "set config.hyperrule=True to derive it.")

@@ -10,6 +10,15 @@ from big_transfer_med import errors
 HEAD = "head"
 
 
+def check_steps_or_epochs(steps_key: str, steps, epochs_key: str,
+                          epochs) -> None:
+  """A duration is given in steps or in epochs, never both."""
+  if steps and epochs:
+    raise errors.ConfigError(
+        f"Set only one of config.{steps_key} ({steps}) and "
+        f"config.{epochs_key} ({epochs}); set the other to 0.")
+
+
 def steps_from(config: ml_collections.ConfigDict, name: str,
                steps_per_epoch: float, default: Optional[Any] = None):
   """Reads a duration given as `<name>_steps` or `<name>_epochs` (not both).
@@ -21,10 +30,7 @@ def steps_from(config: ml_collections.ConfigDict, name: str,
   """
   steps = config.get(f"{name}_steps")
   epochs = config.get(f"{name}_epochs")
-  if steps and epochs:
-    raise errors.ConfigError(
-        f"Set only one of config.{name}_steps ({steps}) and "
-        f"config.{name}_epochs ({epochs}); set the other to 0.")
+  check_steps_or_epochs(f"{name}_steps", steps, f"{name}_epochs", epochs)
   if steps:
     return steps
   if not epochs:

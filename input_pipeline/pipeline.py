@@ -379,9 +379,6 @@ class Pipeline:
           CxrSource(b, split, tuple(c.views), h, c.exclusive)
           for b, h in zip(builders, self.harmonizers)])
     else:
-      if c.exclusive:
-        raise errors.ConfigError("config.data.exclusive needs chest X-ray "
-                                 "config.data.sources.")
       builder = load_builder(c.name, c.data_dir)
       make = lambda split: MixedSource(  # noqa: E731
           [ClassificationSource(builder, split, tuple(c.classes))])
@@ -393,10 +390,6 @@ class Pipeline:
     self.multi_label = self.harmonizers is not None and not c.exclusive
     self.num_classes = len(self.label_names)
     self.image_size = tuple(self.train.sources[0].image_feature.shape[:2])
-    if c.weights and len(c.weights) != len(self.train.sources):
-      raise errors.ConfigError(
-          f"config.data.weights has {len(c.weights)} entries for "
-          f"{len(self.train.sources)} sources.")
     self.fewshot_positions = None
     if c.examples_per_class:
       self._select_fewshot(c.examples_per_class, c.fewshot_seed)

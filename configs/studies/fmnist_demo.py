@@ -1,7 +1,8 @@
 r"""The README's mini-study: transfer from Fashion-MNIST classes 0-4 to 5-9.
 
 Sources: the upstream run of configs/fashion_mnist_upstream.py (run it first,
-into workdirs/fmnist_upstream; workdirs are relative to the current directory) and the same R26x1 from scratch. Target: real
+into workdirs/fmnist_upstream; workdirs are relative to the current
+directory) and the same R26x1 from scratch. Target: real
 Fashion-MNIST classes 5-9, 1/5/10-shot with 3 seeds each, and full-shot.
 Sized for 2 CPU cores: 28 px inputs (HyperRule's random crop from 32 px),
 short schedules (HyperRule's shape, scaled to 20 / 50 steps, with a larger
