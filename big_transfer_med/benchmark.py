@@ -16,6 +16,8 @@ Measurements (`--what`, comma-separated):
   input   images/s (and per CPU core) of the config's training pipeline:
           built TFDS data through the real decoding, preprocessing and
           augmentation;
+  eval    seconds per pass of each evaluator of the config (config.evals),
+          first pass (compiling) and later ones, as periodic evaluations run;
   e2e     training steps/s with the config's pipeline feeding the step, as a
           fraction of the model-only rate at the same shapes;
   timm    peer: PyTorch + timm's BiT ResNet-v2 train step at the same model,
@@ -25,7 +27,7 @@ Measurements (`--what`, comma-separated):
           same encoded images as `input` reads; `ratio` = our images/s per
           core over its images/s per core (with `input`).
 `train`, `memory` and `timm` take --model, --resolution, --batch_size (per
-device), --precision, --channels, --num_classes; `input`, `e2e` and
+device), --precision, --channels, --num_classes; `input`, `e2e`, `eval` and
 `seed_input` take them from --config. The peers need requirements-peers.txt.
 """
 import functools
@@ -46,20 +48,21 @@ from ml_collections import config_flags
 from big_transfer_med import cli
 from big_transfer_med import config_lib
 from big_transfer_med import config_validation
-from big_transfer_med import errors
 from big_transfer_med import losses
 from big_transfer_med import models
 from big_transfer_med import optim
+from big_transfer_med import parallel
 from big_transfer_med import paths
 from big_transfer_med import peers
 from big_transfer_med import train
+from input_pipeline import errors
 
 FLAGS = flags.FLAGS
 # Untimed steps first: the step is compiled again when the state or batch
 # arrives with another layout (first call vs. later calls).
 WARMUP_STEPS = 2
 E2E_ROUNDS = 3  # Alternating model-only / with-input blocks of --steps.
-MEASUREMENTS = ("peak", "train", "memory", "input", "e2e", "timm",
+MEASUREMENTS = ("peak", "train", "memory", "input", "e2e", "eval", "timm",
                 "seed_input")
 
 
@@ -110,25 +113,19 @@ def _parts(model_name: str, num_classes: int, loss: str,
 
 
 def _pmapped(step_fn):
-  return jax.pmap(step_fn, axis_name=train.AXIS, donate_argnums=(0,))
+  return parallel.per_device(step_fn, donate_argnums=(0,))
 
 
 def _random_batch(per_device_batch: int, image_shape, num_classes: int):
   """A batch of noise images and one-hot labels, on the local devices."""
   rng = np.random.default_rng(0)
   shape = (jax.local_device_count(), per_device_batch)
-  return _to_devices({
+  return parallel.to_devices({
       "image": rng.standard_normal(shape + image_shape, dtype=np.float32),
       "labels": np.eye(num_classes, dtype=np.float32)[
           rng.integers(0, num_classes, shape)],
       "mask": np.ones(shape, np.float32),
   })
-
-
-def _to_devices(batch):
-  """[devices, ...] host arrays -> one shard per local device, laid out as
-  pmap outputs are (so the step is not recompiled for them)."""
-  return jax.pmap(lambda x: x, axis_name=train.AXIS)(batch)
 
 
 def train_step_speed(model_name: str, resolution: int, per_device_batch: int,
@@ -138,7 +135,7 @@ def train_step_speed(model_name: str, resolution: int, per_device_batch: int,
   """Step time, images/s, GFLOPs/image and MFU of the trainer's step."""
   model, optimizer, step_fn = _parts(model_name, num_classes, loss, precision)
   image_shape = (resolution, resolution, channels)
-  state = train.replicate(train.create_train_state(
+  state = parallel.replicate(train.create_train_state(
       config_lib.base_config(), model, optimizer, image_shape))
   step = _pmapped(step_fn)
   batch = _random_batch(per_device_batch, image_shape, num_classes)
@@ -191,7 +188,7 @@ def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
                                           jnp.float32),
            "mask": jax.ShapeDtypeStruct((per_device_batch,), jnp.float32)}
   # One device's program; psum over a 1-device axis keeps the trainer's code.
-  compiled = jax.jit(jax.vmap(fn, axis_name=train.AXIS),
+  compiled = jax.jit(jax.vmap(fn, axis_name=parallel.AXIS),
                      donate_argnums=(0,)).lower(
       *jax.tree.map(lambda x: jax.ShapeDtypeStruct((1,) + x.shape, x.dtype),
                     (state, batch))).compile()
@@ -208,11 +205,17 @@ def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
                **{f"{k}_bytes": v for k, v in parts.items()}, **_device()})
 
 
+def _data(config):
+  """The config's data, and the config resolved on it (BiT-HyperRule)."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  data = pipeline.Pipeline(config.data, **parallel.host_layout())
+  return data, train.resolve_config(config, data)
+
+
 def input_speed(config, batches: int) -> Dict[str, Any]:
   """Images/s of the config's training pipeline (after one warm-up batch)."""
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  data = pipeline.Pipeline(config, num_local_devices=jax.local_device_count())
-  iterator = data.train_iterator(0)
+  data, config = _data(config)
+  iterator = data.train_batches(config, 0)
   next(iterator)
   start = time.perf_counter()
   for _ in range(batches):
@@ -232,18 +235,16 @@ def input_speed(config, batches: int) -> Dict[str, Any]:
 def end_to_end(config, steps: int) -> Dict[str, Any]:
   """Train steps/s fed by the real pipeline vs. the same step on one fixed
   batch (model only), in alternating blocks of `steps` (medians)."""
-  from flax import jax_utils  # pylint: disable=g-import-not-at-top
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  data = pipeline.Pipeline(config, num_local_devices=jax.local_device_count())
+  data, config = _data(config)
   model, optimizer, step_fn = _parts(config.model.name, data.num_classes,
                                      config.loss, config.model.precision)
   res = config.data.resolution
-  state = train.replicate(train.create_train_state(
+  state = parallel.replicate(train.create_train_state(
       config, model, optimizer, (res, res, config.data.channels)))
   step = _pmapped(step_fn)
   # The model-only rate first, while no tf.data threads compete for the
   # cores: the first batch comes from an iterator that is then dropped.
-  fixed = _to_devices(next(data.train_iterator(0)))
+  fixed = parallel.to_devices(next(data.train_batches(config, 0)))
   for _ in range(WARMUP_STEPS):
     state, metrics = step(state, fixed)
   jax.block_until_ready(metrics)
@@ -257,7 +258,7 @@ def end_to_end(config, steps: int) -> Dict[str, Any]:
     return steps / (time.perf_counter() - start)
 
   first_model_only = run(lambda: fixed)
-  batches = jax_utils.prefetch_to_device(data.train_iterator(1), 2)
+  batches = parallel.prefetch(data.train_batches(config, 1))
   for _ in range(WARMUP_STEPS):  # Also fills the pipeline's buffers.
     state, metrics = step(state, next(batches))
   # Alternating blocks, medians: the machine's speed drifts (shared CPUs),
@@ -274,6 +275,35 @@ def end_to_end(config, steps: int) -> Dict[str, Any]:
                "model_only_steps_per_sec": model_only,
                "fraction_of_model_only": with_input / model_only,
                **_device()})
+
+
+def evaluation_speed(config, passes: int) -> Dict[str, Any]:
+  """Seconds per pass of each of the config's evaluators (config.evals) on
+  the model at initialisation: the first pass (compiles) and the median of
+  `passes` more, as the trainer's periodic evaluations run them."""
+  from big_transfer_med import evaluators  # pylint: disable=g-import-not-at-top
+  data, config = _data(config)
+  model = models.get_model(config.model.name, data.num_classes,
+                           config.model.precision)
+  _, optimizer, _ = _parts(config.model.name, data.num_classes, config.loss,
+                           config.model.precision)
+  res = config.data.resolution
+  state = parallel.replicate(train.create_train_state(
+      config, model, optimizer, (res, res, config.data.channels)))
+  records = []
+  for name, evaluator in evaluators.from_config(config, model, data).items():
+    times = []
+    for _ in range(passes + 1):
+      start = time.perf_counter()
+      evaluator.run(train.variables_of(state))
+      times.append(time.perf_counter() - start)
+    records.append(emit({
+        "measurement": "evaluation", "evaluator": name,
+        "type": config.evals[name].type, "model": config.model.name,
+        "resolution": res, "passes": passes,
+        "first_pass_seconds": times[0],
+        "pass_seconds": float(np.median(times[1:])), **_device()}))
+  return records
 
 
 def timm_peer(model_name: str, resolution: int, per_device_batch: int,
@@ -310,7 +340,7 @@ def seed_input_peer(config, images: int, files_pattern: str = "",
                                  "file.")
       origin = {"peer_reads": files_pattern}
     else:
-      source = pipeline.Pipeline(config).train.sources[0]
+      source = pipeline.Pipeline(config.data).train.sources[0]
       positions = np.arange(min(images, len(source)))
       encoded = [image for image, _ in source.read(positions)]
       encoding = source.image_feature.encoding_format or "png"  # TFDS default.
@@ -340,6 +370,7 @@ def _define_flags():
   flags.DEFINE_integer("channels", 3, "train/memory: image channels.")
   flags.DEFINE_integer("num_classes", 1000, "train/memory: classes.")
   flags.DEFINE_integer("steps", 10, "Timed steps (train, e2e) or batches (input).")
+  flags.DEFINE_integer("passes", 3, "eval: timed passes per evaluator.")
   flags.DEFINE_integer("peak_size", 2048, "peak: matmul size.")
   flags.DEFINE_integer("peer_images", 256, "seed_input: images to read.")
   flags.DEFINE_string("peer_files", "", "seed_input: a glob of image files "
@@ -356,8 +387,8 @@ def main(argv):
   unknown = what - set(MEASUREMENTS)
   if unknown:
     raise app.UsageError(f"--what: unknown {sorted(unknown)}.")
-  if {"input", "e2e", "seed_input"} & what and FLAGS.config is None:
-    raise app.UsageError("--what=input/e2e/seed_input needs --config=FILE "
+  if {"input", "e2e", "eval", "seed_input"} & what and FLAGS.config is None:
+    raise app.UsageError("--what=input/e2e/eval/seed_input needs --config=FILE "
                          "(the data).")
   config = FLAGS.config and paths.absolute_config_paths(FLAGS.config)
   if config:
@@ -385,6 +416,8 @@ def _measure(what, config) -> None:
                     ours=ours)
   if "e2e" in what:
     end_to_end(config, FLAGS.steps)
+  if "eval" in what:
+    evaluation_speed(config, FLAGS.passes)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 EXIT_USER_ERROR = 2
 

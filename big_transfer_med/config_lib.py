@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict
 import ml_collections
 from ml_collections import config_dict
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 
 def one_of(*options: str) -> Callable[[str], str]:
@@ -50,6 +50,77 @@ def parse_arguments(arg: str, types: Dict[str, Callable[[str], Any]],
   return values
 
 
+def classification_eval(**settings) -> ml_collections.ConfigDict:
+  """Settings of a 'classification' evaluator over config.data.eval_split."""
+  c = ml_collections.ConfigDict({
+      "type": "classification",
+      "every_steps": 1000,  # 0: only at the end of the run.
+      # Per-class ROC-AUC / average precision need every prediction on the
+      # host: switch off for huge label spaces (e.g. ImageNet-21k).
+      "per_class": True})
+  c.update(settings)
+  return c
+
+
+def fewshot_eval(**settings) -> ml_collections.ConfigDict:
+  """Settings of a 'fewshot_linear' evaluator: the linear few-shot probe of
+  frozen pre-logits on a single-label TFDS dataset (fewshot.py)."""
+  c = ml_collections.ConfigDict({
+      "type": "fewshot_linear",
+      "every_steps": 0,  # 0: only at the end of the run.
+      "dataset": "",
+      "classes": (),  # Class subset, relabelled 0..k-1; () keeps all.
+      "train_split": "train", "eval_split": "test",
+      "shots": (1, 5, 10, 25), "seeds": (0, 1, 2), "l2_reg": 0.1})
+  c.update(settings)
+  return c
+
+
+def add_eval(config: ml_collections.ConfigDict, name: str,
+             settings: ml_collections.ConfigDict) -> None:
+  """Adds (or replaces) evaluator `name` of a locked config."""
+  with config.evals.unlocked():
+    config.evals[name] = settings
+
+
+def _data_defaults() -> ml_collections.ConfigDict:
+  """config.data: which data, and how it is read and augmented."""
+  d = ml_collections.ConfigDict()
+  d.name = "fashion_mnist_local"  # Single-label TFDS data (no sources).
+  d.data_dir = config_dict.placeholder(str)  # None: the TFDS default.
+  d.train_split = "train"
+  d.eval_split = "test"
+  d.classes = ()  # Class subset, relabelled 0..k-1; () keeps all.
+  # Chest X-rays: any of chexpert, mimic, nih14, padchest (overrides name).
+  d.sources = ()
+  d.builder_config = "default"  # 'default' (<= 512 px) or 'original'.
+  d.label_set = "common7"  # common7, chexpert13, nih14, padchest27, union.
+  d.uncertain = "ignore"  # ignore, zeros, ones, lsr_zeros, lsr_ones.
+  d.missing = "mask"  # Not-mentioned labels: 'mask' or 'zeros'.
+  d.views = ("PA", "AP", "AP_SUPINE")  # Frontal views.
+  d.weights = ()  # Mixing weights per source; () concatenates.
+  d.crop_to_square = False
+  d.resolution = config_dict.placeholder(int)  # Input (crop) size.
+  d.resize = config_dict.placeholder(int)  # 'bit' augment: resize first.
+  d.channels = 3
+  d.augment = "crop_flip"
+  d.crop_padding = 4  # crop_flip: zero padding before the random crop.
+  d.shift = 0.25  # cxr: random shift (fraction), scale, rotation (deg).
+  d.scale = 0.1
+  d.rotation = 45.0
+  d.eval_batch_size = config_dict.placeholder(int)  # None: batch_size.
+  d.prefetch = 2
+  d.num_threads = config_dict.placeholder(int)  # None: TF decides.
+  # Few-shot: k training examples per class (0: all), chosen by fewshot_seed
+  # (rule in pipeline.select_fewshot); the chosen ids go to the workdir.
+  d.examples_per_class = 0
+  d.fewshot_seed = 0
+  # Keep only images with exactly one positive label of label_set and train
+  # a softmax over it (PadChest-Cl).
+  d.exclusive = False
+  return d
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by all runs (the seed paper's upstream recipe)."""
   c = ml_collections.ConfigDict()
@@ -73,51 +144,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.hyperrule = False
   c.mixup_alpha = config_dict.placeholder(float)  # None/0: no MixUp.
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "fashion_mnist_local"  # Single-label TFDS data (no sources).
-  c.data.data_dir = config_dict.placeholder(str)  # None: the TFDS default.
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  c.data.classes = ()  # Class subset, relabelled 0..k-1; () keeps all.
-  # Chest X-rays: any of chexpert, mimic, nih14, padchest (overrides name).
-  c.data.sources = ()
-  c.data.builder_config = "default"  # 'default' (<= 512 px) or 'original'.
-  c.data.label_set = "common7"  # common7, chexpert13, nih14, padchest27, union.
-  c.data.uncertain = "ignore"  # ignore, zeros, ones, lsr_zeros, lsr_ones.
-  c.data.missing = "mask"  # Not-mentioned labels: 'mask' or 'zeros'.
-  c.data.views = ("PA", "AP", "AP_SUPINE")  # Frontal views.
-  c.data.weights = ()  # Mixing weights per source; () concatenates.
-  c.data.crop_to_square = False
-  c.data.resolution = config_dict.placeholder(int)  # Input (crop) size.
-  c.data.resize = config_dict.placeholder(int)  # 'bit' augment: resize first.
-  c.data.channels = 3
-  c.data.augment = "crop_flip"
-  c.data.crop_padding = 4  # crop_flip: zero padding before the random crop.
-  c.data.shift = 0.25  # cxr: random shift (fraction), scale, rotation (deg).
-  c.data.scale = 0.1
-  c.data.rotation = 45.0
-  c.data.eval_batch_size = config_dict.placeholder(int)  # None: batch_size.
-  c.data.prefetch = 2
-  c.data.num_threads = config_dict.placeholder(int)  # None: TF decides.
-  # Few-shot: k training examples per class (0: all), chosen by fewshot_seed
-  # (rule in pipeline.select_fewshot); the chosen ids go to the workdir.
-  c.data.examples_per_class = 0
-  c.data.fewshot_seed = 0
-  # Keep only images with exactly one positive label of label_set and train
-  # a softmax over it (PadChest-Cl).
-  c.data.exclusive = False
+  c.data = _data_defaults()
 
-  # Linear few-shot evaluation of frozen pre-logits (fewshot.py), at the end
-  # of the run and every `every_steps` (0: only at the end); off if no dataset.
-  c.fewshot = ml_collections.ConfigDict()
-  c.fewshot.dataset = ""  # A single-label TFDS dataset.
-  c.fewshot.classes = ()
-  c.fewshot.train_split = "train"
-  c.fewshot.eval_split = "test"
-  c.fewshot.shots = (1, 5, 10, 25)
-  c.fewshot.seeds = (0, 1, 2)
-  c.fewshot.l2_reg = 0.1
-  c.fewshot.every_steps = 0
+  # Evaluators by name (evaluators.py): each runs every `every_steps` (0:
+  # only at the end) and at the end of the run. Add one with add_eval.
+  c.evals = ml_collections.ConfigDict()
+  c.evals.val = classification_eval()
 
   c.loss = "softmax_xent"
   c.batch_size = 256  # Global, over all devices and hosts.
@@ -141,13 +173,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.agc_clipping = 0.01  # 0 or None disables AGC.
   c.optim.agc_eps = 1e-3
 
-  # Reported first in results.json and used by the study tables: accuracy,
-  # mean_auc, map or loss; '' = accuracy for single-label data, mean_auc for
-  # multi-label data (loss without eval_per_class).
+  # Reported first in results.json and used by the study tables: a metric of
+  # the 'classification' evaluator (accuracy, mean_auc, map or loss); '' =
+  # accuracy for single-label data, mean_auc for multi-label data (loss
+  # without per-class metrics).
   c.primary_metric = ""
-  # Per-class ROC-AUC / average precision need every eval prediction on the
-  # host: switch off for huge label spaces (e.g. ImageNet-21k).
-  c.eval_per_class = True
 
   # A step whose loss or gradient is NaN/Inf never changes the parameters.
   # 'stop': the run then ends with an error at the next log step or
@@ -157,7 +187,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_consecutive_nonfinite = 10
 
   c.log_every_steps = 50
-  c.eval_every_steps = 1000  # 0: evaluate only at the end.
+  # > 0: a TensorBoard profile of this many steps (clu periodic_actions.Profile).
+  c.profile_steps = 0
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3

@@ -4,8 +4,8 @@
 (after the config file, its arguments and --config.key overrides), and again
 with `resolved=True` once BiT-HyperRule has filled its keys. A bad value
 raises errors.ConfigError naming the key, the value and what is allowed.
-`RULES` has one entry per key of config_lib.base_config() (a test keeps it
-so).
+`RULES` has one entry per key of config_lib.base_config(), `EVAL_RULES` one
+per setting of each evaluator type (a test keeps them so).
 """
 import dataclasses
 import re
@@ -14,10 +14,10 @@ from typing import Any, Callable, Dict, Sequence
 import ml_collections
 from flax import traverse_util
 
-from big_transfer_med import errors
 from big_transfer_med import losses
 from big_transfer_med import models
 from big_transfer_med import optim
+from input_pipeline import errors
 from input_pipeline import labels
 from input_pipeline import pipeline
 from input_pipeline import preprocessing
@@ -156,14 +156,6 @@ RULES: Dict[str, Rule] = {
     "data.examples_per_class": integer(0),
     "data.fewshot_seed": integer(0),
     "data.exclusive": boolean(),
-    "fewshot.dataset": string(),
-    "fewshot.classes": sequence(integer(0), unique=True),
-    "fewshot.train_split": string(nonempty=True),
-    "fewshot.eval_split": string(nonempty=True),
-    "fewshot.shots": sequence(integer(1), unique=True, nonempty=True),
-    "fewshot.seeds": sequence(integer(0), unique=True, nonempty=True),
-    "fewshot.l2_reg": number(0, low_open=True),
-    "fewshot.every_steps": integer(0),
     "loss": choice(sorted(losses.LOSSES)),
     "batch_size": integer(1),
     "total_steps": integer(0, optional=True),
@@ -184,13 +176,33 @@ RULES: Dict[str, Rule] = {
     "optim.agc_clipping": number(0, optional=True),
     "optim.agc_eps": number(0, low_open=True),
     "primary_metric": choice(PRIMARY_METRICS),
-    "eval_per_class": boolean(),
     "on_nonfinite": choice(("stop", "skip")),
     "max_consecutive_nonfinite": integer(0),
     "log_every_steps": integer(1),
-    "eval_every_steps": integer(0),
+    "profile_steps": integer(0),
     "checkpoint.every_steps": integer(0),
     "checkpoint.keep": integer(1),
+}
+
+# The settings of each evaluator type (config.evals.NAME.KEY), one rule per
+# key of its config_lib settings function.
+EVAL_RULES: Dict[str, Dict[str, Rule]] = {
+    "classification": {
+        "type": string(nonempty=True),
+        "every_steps": integer(0),
+        "per_class": boolean(),
+    },
+    "fewshot_linear": {
+        "type": string(nonempty=True),
+        "every_steps": integer(0),
+        "dataset": string(nonempty=True),
+        "classes": sequence(integer(0), unique=True),
+        "train_split": string(nonempty=True),
+        "eval_split": string(nonempty=True),
+        "shots": sequence(integer(1), unique=True, nonempty=True),
+        "seeds": sequence(integer(0), unique=True, nonempty=True),
+        "l2_reg": number(0, low_open=True),
+    },
 }
 
 # Durations given as steps or epochs (see optim.steps_from).
@@ -208,9 +220,25 @@ def _fail(key: str, value, allowed: str) -> None:
   raise errors.ConfigError(f"config.{key}={value!r}: expected {allowed}.")
 
 
+def _rule(key: str, values: Dict[str, Any]) -> Rule:
+  """The rule of `key`; for evaluator settings, that of the evaluator's type."""
+  if not key.startswith("evals."):
+    return RULES.get(key)
+  _, name, setting = key.split(".", 2)
+  kind = values.get(f"evals.{name}.type")
+  if not isinstance(kind, str) or kind not in EVAL_RULES:
+    _fail(f"evals.{name}.type", kind, f"one of {sorted(EVAL_RULES)}")
+  rule = EVAL_RULES[kind].get(setting)
+  if rule is None:
+    raise errors.ConfigError(
+        f"config.{key} is not a setting of a {kind!r} evaluator; its "
+        f"settings are {sorted(EVAL_RULES[kind])}.")
+  return rule
+
+
 def _check_keys(values: Dict[str, Any]) -> None:
   for key, value in values.items():
-    rule = RULES.get(key)
+    rule = _rule(key, values)
     if rule is None:
       raise errors.ConfigError(
           f"config.{key} is not a key of config_lib.base_config(); "

@@ -7,20 +7,19 @@ and scored by top-1 accuracy on the evaluation split. Features are centred on
 the training subset's mean and scaled to unit mean norm, so one l2_reg fits
 models of any width.
 
-Periodically during a run (config.fewshot.every_steps) and at its end, or on
-its own: python -m big_transfer_med.fewshot --workdir=RUN [--config.fewshot...]
+An evaluator of type 'fewshot_linear' in config.evals (config_lib.fewshot_eval), run
+every `every_steps` and at the end of a run, or on its own:
+  python -m big_transfer_med.fewshot --workdir=RUN [--dataset=... --shots=...]
 """
-from typing import Dict, Optional
+from typing import Dict
 
-import jax
 import ml_collections
 import numpy as np
 from absl import flags
 from absl import logging
-from flax import jax_utils
-from jax.experimental import multihost_utils
 
-from big_transfer_med import errors
+from big_transfer_med import parallel
+from input_pipeline import errors
 from input_pipeline import pipeline
 
 
@@ -42,73 +41,70 @@ def ridge_accuracy(train_x: np.ndarray, train_y: np.ndarray,
 
 
 class FewShotEvaluator:
-  """Linear few-shot accuracy of a model's features on config.fewshot.dataset."""
+  """Linear few-shot accuracy of a model's features on `settings.dataset`
+  (evaluator type 'fewshot_linear'; settings: config_lib.fewshot_eval)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model):
-    fc = config.fewshot
-    data_config = ml_collections.ConfigDict(config.to_dict())
-    d = data_config.data
-    d.name, d.classes, d.sources = fc.dataset, tuple(fc.classes), ()
-    d.train_split, d.eval_split = fc.train_split, fc.eval_split
+  def __init__(self, settings: ml_collections.ConfigDict, *, config, model,
+               data=None):
+    del data  # Its own dataset.
+    self.every_steps = settings.every_steps
+    self.settings = settings
+    self.name = settings.dataset.replace("/", "_")
+    # The run's config (resolution, channels, batch sizes) over the
+    # evaluator's dataset.
+    self._config = ml_collections.ConfigDict(config.to_dict())
+    d = self._config.data
+    d.name, d.classes, d.sources = settings.dataset, tuple(settings.classes), ()
+    d.train_split, d.eval_split = settings.train_split, settings.eval_split
     d.examples_per_class, d.exclusive, d.weights = 0, False, ()
-    self.config = fc
-    self.name = fc.dataset.replace("/", "_")
-    self.data = pipeline.Pipeline(
-        data_config, host_id=jax.process_index(),
-        num_hosts=jax.process_count(),
-        num_local_devices=jax.local_device_count())
-    if self.data.multi_label:
-      raise errors.ConfigError("config.fewshot.dataset must be single-label.")
-    train = self.data.train.sources[0]
+    data = pipeline.Pipeline(d, **parallel.host_layout())
+    if data.multi_label:
+      raise errors.ConfigError(
+          f"{settings.dataset!r} (a 'fewshot_linear' evaluator's dataset) "
+          "must be single-label.")
+    train = data.train.sources[0]
     labels, mask = train.label_matrix()
     self.num_classes = labels.shape[1]
-    self.subsets = {(k, seed): pipeline.select_fewshot(labels, mask, k, seed)
-                    for k in fc.shots for seed in fc.seeds}
-    needed = np.unique(np.concatenate(list(self.subsets.values())))
+    subsets = {(k, seed): pipeline.select_fewshot(labels, mask, k, seed)
+               for k in settings.shots for seed in settings.seeds}
+    needed = np.unique(np.concatenate(list(subsets.values())))
     # Positions within the extracted subset, per (shots, seed).
     self.subsets = {key: np.searchsorted(needed, positions)
-                    for key, positions in self.subsets.items()}
+                    for key, positions in subsets.items()}
     self.train_y = np.argmax(labels[needed], 1)
-    self.train_source = pipeline.MixedSource([train.subset(needed)])
-    self.eval_y = np.argmax(self.data.eval.sources[0].label_matrix()[0], 1)
-    self._features = jax.pmap(
-        lambda params, images: model.apply({"params": params}, images,
-                                           pre_logits=True))
+    self.eval_y = np.argmax(data.eval.sources[0].label_matrix()[0], 1)
+    # Built once per run.
+    self._train_batches = data.ordered_batches(
+        self._config, pipeline.MixedSource([train.subset(needed)]))
+    self._eval_batches = data.ordered_batches(self._config)
+    self._features = parallel.per_device(
+        lambda variables, images: model.apply(variables, images,
+                                              pre_logits=True, train=False))
 
-  def _extract(self, params, source) -> np.ndarray:
-    """Features of every example of `source`, in order (all hosts)."""
-    features = []
-    for batch in jax_utils.prefetch_to_device(
-        self.data.ordered_iterator(source), 2):
-      x = self._features(params, batch["image"])
-      x, mask = (np.asarray(v).reshape((-1,) + v.shape[2:])
-                 for v in jax.device_get((x, batch["mask"])))
-      if jax.process_count() > 1:  # Per batch: keeps the global order.
-        x, mask = multihost_utils.process_allgather((x, mask), tiled=True)
-      features.append(x[mask > 0])
-    return np.concatenate(features).astype(np.float64)
+  def _extract(self, variables, batches) -> np.ndarray:
+    """Features of every example of `batches`, in order (all hosts)."""
+    outputs = [(self._features(variables, batch["image"]), batch["mask"])
+               for batch in parallel.prefetch(iter(batches))]
+    features, mask = parallel.gather_batches(outputs)
+    return features[mask > 0].astype(np.float64)
 
-  def run(self, params) -> Dict[str, float]:
-    """{'fewshot/<dataset>_<k>shot': mean accuracy over seeds, ..._std}."""
-    train_x = self._extract(params, self.train_source)
-    eval_x = self._extract(params, self.data.eval)
+  def run(self, variables) -> Dict[str, float]:
+    """{'<dataset>_<k>shot': mean accuracy over seeds, ..._std}."""
+    train_x = self._extract(variables, self._train_batches)
+    eval_x = self._extract(variables, self._eval_batches)
     results = {}
-    for k in self.config.shots:
+    for k in self.settings.shots:
       accuracies = [
           ridge_accuracy(train_x[self.subsets[(k, s)]],
                          self.train_y[self.subsets[(k, s)]], eval_x,
-                         self.eval_y, self.num_classes, self.config.l2_reg)
-          for s in self.config.seeds]
-      results[f"fewshot/{self.name}_{k}shot"] = float(np.mean(accuracies))
-      results[f"fewshot/{self.name}_{k}shot_std"] = float(np.std(accuracies))
+                         self.eval_y, self.num_classes, self.settings.l2_reg)
+          for s in self.settings.seeds]
+      results[f"{self.name}_{k}shot"] = float(np.mean(accuracies))
+      results[f"{self.name}_{k}shot_std"] = float(np.std(accuracies))
     logging.info("Linear few-shot on %s: %s", self.name,
                  {k: round(v, 4) for k, v in results.items()
                   if not k.endswith("_std")})
     return results
-
-
-def from_config(config, model) -> Optional[FewShotEvaluator]:
-  return FewShotEvaluator(config, model) if config.fewshot.dataset else None
 
 
 def _define_flags():
@@ -133,33 +129,42 @@ def main(argv):
   from big_transfer_med import config_lib  # pylint: disable=g-import-not-at-top
   from big_transfer_med import models  # pylint: disable=g-import-not-at-top
   from big_transfer_med import paths  # pylint: disable=g-import-not-at-top
-  from big_transfer_med import runs  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import pretrained_weights  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import run_dir  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   workdir, checkpoint = paths.absolute(f.workdir), paths.absolute(f.checkpoint)
   if workdir:
-    config, params = runs.load_config(workdir), runs.load_params(workdir)
+    config = run_dir.load_config(workdir)
+    variables = run_dir.load_variables(workdir)
   elif checkpoint and f.model:
     config = config_lib.base_config()
     config.model.name, config.data.resolution = f.model, 224
-    params = runs.load_checkpoint_params(checkpoint, f.model, f.channels or 3)
+    variables = {"params": pretrained_weights.load_body_params(
+        checkpoint, f.model, f.channels or 3)}
   else:
     raise errors.ConfigError("Give --workdir, or --checkpoint and --model.")
+  # The run's own probe, if it had one, where no flag says otherwise.
+  run_probe = next((e for e in config.evals.values()
+                    if e.type == "fewshot_linear"), config_lib.fewshot_eval())
+  probe = config_lib.fewshot_eval(
+      dataset=f.dataset or run_probe.dataset,
+      classes=tuple(int(c) for c in f.classes) or (
+          () if f.dataset else tuple(run_probe.classes)),
+      shots=tuple(int(k) for k in f.shots),
+      seeds=tuple(int(s) for s in f.seeds),
+      train_split=f.train_split, eval_split=f.eval_split,
+      l2_reg=run_probe.l2_reg)
+  if not probe.dataset:
+    raise errors.ConfigError("Give --dataset (a single-label TFDS name).")
   with config.unlocked():
-    fc = config.fewshot
-    fc.dataset = f.dataset or fc.dataset
-    if not fc.dataset:
-      raise errors.ConfigError("Give --dataset (a single-label TFDS name).")
-    fc.classes = tuple(int(c) for c in f.classes) or (
-        () if f.dataset else fc.classes)
-    fc.shots = tuple(int(k) for k in f.shots)
-    fc.seeds = tuple(int(s) for s in f.seeds)
-    fc.train_split, fc.eval_split = f.train_split, f.eval_split
     config.data.resolution = f.resolution or config.data.resolution
     config.data.channels = f.channels or config.data.channels
     config.data.data_dir = paths.absolute(f.data_dir) or config.data.data_dir
   model = models.get_model(config.model.name, None, config.model.precision)
-  results = FewShotEvaluator(config, model).run(jax_utils.replicate(params))
-  print(json.dumps(results, indent=2, sort_keys=True))
+  evaluator = FewShotEvaluator(probe, config=config, model=model)
+  results = evaluator.run(parallel.replicate(variables))
+  print(json.dumps({f"fewshot/{k}": v for k, v in results.items()},
+                   indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":

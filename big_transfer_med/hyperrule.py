@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Tuple
 
 import ml_collections
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 SMALL, MEDIUM = 20_000, 500_000  # Dataset-size thresholds of the rule.
 SMALL_IMAGE_AREA = 96 * 96

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 LossFn = Callable[..., Tuple[jax.Array, jax.Array]]
 
@@ -42,6 +42,14 @@ def sigmoid_xent(logits, labels, mask: Optional[jax.Array] = None):
   return jnp.sum(per_element * mask), jnp.sum(mask)
 
 
+def loss_mask(batch):
+  """Per-example mask, times the per-label mask of multi-label data."""
+  if "label_mask" in batch:
+    return batch["label_mask"] * batch["mask"][..., None]
+  return batch["mask"]
+
+
+# Losses by name (config.loss): a new loss adds an entry here.
 LOSSES = {"softmax_xent": softmax_xent, "sigmoid_xent": sigmoid_xent}
 
 

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 DEPTHS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 WIDTHS = (1, 2, 3, 4)
@@ -109,7 +109,12 @@ class ResNetV2(nn.Module):
   dtype: Optional[jnp.dtype] = None
 
   @nn.compact
-  def __call__(self, images, *, pre_logits: bool = False):
+  def __call__(self, images, *, pre_logits: bool = False,
+               train: bool = False):
+    # `train` is part of every model's interface (the trainer passes True in
+    # its step, evaluators False); BiT computes the same either way: no
+    # BatchNorm, no dropout.
+    del train
     w = 64 * self.width
     x = jnp.pad(images, ((0, 0), (3, 3), (3, 3), (0, 0)))
     x = StdConv(w, (7, 7), strides=2, padding="VALID", use_bias=False,

@@ -5,7 +5,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 HEAD = "head"
 

@@ -22,8 +22,8 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
-from big_transfer_med import errors
 from big_transfer_med import models
+from input_pipeline import errors
 
 PEER_REQUIREMENTS = "requirements-peers.txt"
 

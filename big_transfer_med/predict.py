@@ -20,7 +20,7 @@ from absl import flags
 from big_transfer_med import cli
 from big_transfer_med import models
 from big_transfer_med import paths
-from big_transfer_med import runs
+from big_transfer_med import run_dir
 from input_pipeline import preprocessing
 from input_pipeline import xray_io
 
@@ -29,19 +29,19 @@ def predict(workdir: str,
             image_paths: Sequence[str]) -> Dict[str, Dict[str, float]]:
   """{path: {label: probability}} for each image file."""
   workdir = paths.absolute(workdir)
-  config = runs.load_config(workdir)
-  labels = runs.load_labels(workdir)
-  params = runs.load_params(workdir)
+  config = run_dir.load_config(workdir)
+  labels = run_dir.load_labels(workdir)
+  variables = run_dir.load_variables(workdir)
   model = models.get_model(config.model.name, len(labels["label_names"]),
                            config.model.precision)
-  # Parameters are an argument, not constants folded into the executable.
-  apply = jax.jit(lambda p, images: model.apply({"params": p}, images))
+  # Variables are an argument, not constants folded into the executable.
+  apply = jax.jit(lambda v, images: model.apply(v, images, train=False))
   out = {}
   for path in image_paths:
     image = xray_io.read_xray(path)[..., None]  # float32 [H, W, 1] in [0, 1].
     image = preprocessing.preprocess(tf.constant(image), config.data,
                                      train=False, rng=tf.zeros([2], tf.int64))
-    logits = apply(params, image.numpy()[None])[0]
+    logits = apply(variables, image.numpy()[None])[0]
     probabilities = (jax.nn.sigmoid(logits) if labels["multi_label"]
                      else jax.nn.softmax(logits))
     out[path] = {name: round(float(p), 6) for name, p in

@@ -37,8 +37,8 @@ from absl import logging
 from ml_collections import config_flags
 
 from big_transfer_med import atomic_files
-from big_transfer_med import errors
 from big_transfer_med import paths
+from input_pipeline import errors
 
 
 RESULTS_FILE = "results.json"

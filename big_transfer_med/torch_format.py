@@ -16,7 +16,7 @@ from typing import Any, Dict
 import ml_dtypes
 import numpy as np
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64,

@@ -5,16 +5,18 @@ A small stand-in for the chest X-ray pre-training: same trainer, optimiser
 
   python -m big_transfer_med.main --config=configs/fashion_mnist_upstream.py \
       --workdir=workdirs/fmnist_upstream
-Arguments (comma-separated key=value): model=R26x1, res=28, epochs=1.
+Arguments (comma-separated key=value): model=R26x1, res=28, epochs=1,
+probe=yes (no: without the few-shot probe).
 At the end, a linear few-shot probe of the frozen features on classes 5-9
-(the transfer target) reports 1/5/10-shot accuracy (fewshot.py).
+(the transfer target) reports 1/5/10-shot accuracy (evaluator `fewshot`, fewshot.py).
 """
 from big_transfer_med import config_lib
 
 
 def get_config(arg: str = ""):
   args = config_lib.parse_arguments(
-      arg, {"model": str, "res": int, "epochs": float}, __file__)
+      arg, {"model": str, "res": int, "epochs": float,
+            "probe": config_lib.one_of("yes", "no")}, __file__)
   c = config_lib.base_config()
   c.model.name = args.get("model", "R26x1")
   c.data.name = "fashion_mnist_local"
@@ -31,12 +33,12 @@ def get_config(arg: str = ""):
   c.optim.base_lr = 0.1
   c.optim.weight_decay = 1e-4
 
-  c.fewshot.dataset = "fashion_mnist_local"
-  c.fewshot.classes = (5, 6, 7, 8, 9)
-  c.fewshot.shots = (1, 5, 10)
-  c.fewshot.eval_split = "test[:20%]"
+  if args.get("probe", "yes") == "yes":
+    config_lib.add_eval(c, "fewshot", config_lib.fewshot_eval(
+        dataset="fashion_mnist_local", classes=(5, 6, 7, 8, 9),
+        shots=(1, 5, 10), eval_split="test[:20%]"))
 
   c.log_every_steps = 50
-  c.eval_every_steps = 0  # At the end.
+  c.evals.val.every_steps = 0  # At the end.
   c.checkpoint.every_steps = 100
   return c

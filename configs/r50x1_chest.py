@@ -51,6 +51,6 @@ def get_config(arg: str = ""):
   c.optim.weight_decay = 1e-4
 
   c.log_every_steps = 100
-  c.eval_every_steps = 5000
+  c.evals.val.every_steps = 5000
   c.checkpoint.every_steps = 2000
   return c

@@ -20,7 +20,7 @@ no weight decay, zero-initialised new head. Any key can still be overridden
 with --config.key=value.
 """
 from big_transfer_med import config_lib
-from big_transfer_med import errors
+from input_pipeline import errors
 
 # name -> (data settings, loss, primary metric).
 TARGETS = {
@@ -93,7 +93,7 @@ def get_config(arg: str = ""):
     c.data.resize = args.get("resize", args["res"])
 
   c.log_every_steps = 50
-  c.eval_every_steps = 0  # Once, at the end.
+  c.evals.val.every_steps = 0  # Once, at the end.
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 1
   return c

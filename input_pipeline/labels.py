@@ -15,7 +15,7 @@ from typing import Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 NO_FINDING = "No Finding"
 

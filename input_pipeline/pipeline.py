@@ -10,11 +10,10 @@ slice of every global batch. Hence:
 """
 import collections
 import copy
-import dataclasses
 import functools
 import os
 import re
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import ml_collections
 from absl import logging
@@ -22,10 +21,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from big_transfer_med import errors
-import input_pipeline.datasets  # noqa: F401  (registers our builders)
+from input_pipeline import errors
 from input_pipeline import labels as labels_lib
 from input_pipeline import preprocessing
+import input_pipeline.datasets  # noqa: F401  (registers our builders)
 
 _READ_CHUNK = 256  # Records fetched per random-access call.
 # Features that name an example, in order of preference.
@@ -350,39 +349,72 @@ CXR_SOURCES = {"chexpert": "cxr_chexpert", "mimic": "cxr_mimic",
                "nih14": "cxr_nih14", "padchest": "cxr_padchest"}
 
 
-@dataclasses.dataclass
+def _open_classification(c: ml_collections.ConfigDict):
+  """config.data.name (+ classes): single-label TFDS data."""
+  builder = load_builder(c.name, c.data_dir)
+  return (lambda split: MixedSource(
+      [ClassificationSource(builder, split, tuple(c.classes))])), None
+
+
+def _open_cxr(c: ml_collections.ConfigDict):
+  """config.data.sources: chest X-ray builders harmonised onto label_set."""
+  unknown = [s for s in c.sources if s not in CXR_SOURCES]
+  if unknown:
+    raise errors.ConfigError(f"config.data.sources has {unknown}; "
+                             f"expected some of {sorted(CXR_SOURCES)}.")
+  builders = [load_builder(f"{CXR_SOURCES[s]}/{c.builder_config}", c.data_dir)
+              for s in c.sources]
+  harmonizers = [labels_lib.Harmonizer(b.info.metadata["label_names"],
+                                       c.label_set, c.uncertain, c.missing)
+                 for b in builders]
+  return (lambda split: MixedSource([
+      CxrSource(b, split, tuple(c.views), h, c.exclusive)
+      for b, h in zip(builders, harmonizers)])), harmonizers
+
+
+# Kinds of data, by name: each opens (split -> MixedSource, harmonizers or
+# None) from config.data. A new kind of data adds an entry here.
+DATA_KINDS = {"classification": _open_classification, "cxr": _open_cxr}
+
+
+def data_kind(data_config: ml_collections.ConfigDict) -> str:
+  return "cxr" if data_config.sources else "classification"
+
+
+class Batches:
+  """An iterable over the numpy batches of a tf.data pipeline that is built
+  once and read anew by every `for`; an image that fails to decode is named
+  (dataset, split, record, id) instead of surfacing as a bare TF error."""
+
+  def __init__(self, dataset: tf.data.Dataset, undecodable):
+    self.dataset, self._undecodable = dataset, undecodable
+
+  def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+    iterator = self.dataset.as_numpy_iterator()
+    while True:
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        return
+      except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+        raise self._undecodable(e) from e
+      yield batch
+
+
 class Pipeline:
-  """Dataset handles and batch iterators for one run.
+  """The train and eval splits of config.data, and their batches.
 
-  Single-label data: config.data.name (+ classes). Chest X-rays:
-  config.data.sources (any of CXR_SOURCES), harmonised onto
-  config.data.label_set; batches then carry a per-label `label_mask`.
+  Opening reads only config.data's choice of data (`data_kind`); batches are
+  built from the run's final config (after BiT-HyperRule) when asked for.
+  Chest X-ray batches carry a per-label `label_mask`.
   """
-  config: ml_collections.ConfigDict
-  host_id: int = 0
-  num_hosts: int = 1
-  num_local_devices: int = 1
 
-  def __post_init__(self):
-    c = self.config.data
-    if c.sources:
-      unknown = [s for s in c.sources if s not in CXR_SOURCES]
-      if unknown:
-        raise errors.ConfigError(f"config.data.sources has {unknown}; "
-                                 f"expected some of {sorted(CXR_SOURCES)}.")
-      builders = [load_builder(f"{CXR_SOURCES[s]}/{c.builder_config}",
-                               c.data_dir) for s in c.sources]
-      self.harmonizers = [
-          labels_lib.Harmonizer(b.info.metadata["label_names"], c.label_set,
-                                c.uncertain, c.missing) for b in builders]
-      make = lambda split: MixedSource([  # noqa: E731
-          CxrSource(b, split, tuple(c.views), h, c.exclusive)
-          for b, h in zip(builders, self.harmonizers)])
-    else:
-      builder = load_builder(c.name, c.data_dir)
-      make = lambda split: MixedSource(  # noqa: E731
-          [ClassificationSource(builder, split, tuple(c.classes))])
-      self.harmonizers = None
+  def __init__(self, data_config: ml_collections.ConfigDict, host_id: int = 0,
+               num_hosts: int = 1, num_local_devices: int = 1):
+    c = data_config
+    self.host_id, self.num_hosts = host_id, num_hosts
+    self.num_local_devices = num_local_devices
+    make, self.harmonizers = DATA_KINDS[data_kind(c)](c)
     self.train, self.eval = make(c.train_split), make(c.eval_split)
     self.label_names = (list(self.harmonizers[0].names) if self.harmonizers
                         else self.train.sources[0].label_names)
@@ -414,16 +446,18 @@ class Pipeline:
     source.indices = source.indices[self.fewshot_positions]
     self.train = MixedSource([source])
 
-  def _dataset(self, source: MixedSource, batches, train: bool, per_host: int
+  def _dataset(self, config: ml_collections.ConfigDict, source: MixedSource,
+               batches: Callable[[], Iterator], train: bool, per_host: int
                ) -> tf.data.Dataset:
-    cfg = self.config.data
-    seed = self.config.seed
+    """The tf.data pipeline over the (positions, indices) of `batches()`,
+    which every pass over the dataset calls anew."""
+    cfg, seed = config.data, config.seed
     width = max(len(s.label_names) for s in source.sources)
 
     def generator():
       # One yield per batch, not per example: Python's share of the work
       # (and of the GIL) stays small beside the parallel decoding below.
-      for positions, indices in batches:
+      for positions, indices in batches():
         records = source.read(indices)
         labels = np.full((len(records), width), np.nan, np.float32)
         for i, (_, _, label) in enumerate(records):
@@ -488,27 +522,19 @@ class Pipeline:
           f"{self.num_hosts * self.num_local_devices} devices.")
     return per_host
 
-  def _iterate(self, source: "MixedSource", batches, train: bool,
-               per_host: int) -> Iterator[Dict[str, np.ndarray]]:
-    """Batches of `source` as numpy; an image that fails to decode is named
-    (dataset, split, record, id) instead of surfacing as a bare TF error."""
+  def _batches(self, config: ml_collections.ConfigDict, source: MixedSource,
+               positions: Callable[[], Iterator], train: bool,
+               global_batch: int) -> Batches:
     recent = collections.deque(maxlen=_RECENT_READS)
 
     def recorded():
-      for positions, indices in batches:
+      for batch_positions, indices in positions():
         recent.append(indices)
-        yield positions, indices
+        yield batch_positions, indices
 
-    iterator = self._dataset(source, recorded(), train,
-                             per_host).as_numpy_iterator()
-    while True:
-      try:
-        batch = next(iterator)
-      except StopIteration:
-        return
-      except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-        raise self._undecodable(source, recent, e) from e
-      yield batch
+    dataset = self._dataset(config, source, recorded, train,
+                            self._per_host(global_batch))
+    return Batches(dataset, lambda e: self._undecodable(source, recent, e))
 
   @staticmethod
   def _undecodable(source: "MixedSource", recent, error) -> errors.DataError:
@@ -536,30 +562,29 @@ class Pipeline:
         f"--imports=input_pipeline.datasets {builder.name} "
         f"--data_dir={builder.data_dir_root} --manual_dir=DIR")
 
-  def train_iterator(self, start_step: int) -> Iterator[Dict[str, np.ndarray]]:
-    """Infinite iterator of training batches [devices, per_device, ...] from `start_step`."""
-    batch = self.config.batch_size
-    positions = train_positions(len(self.train), self.config.seed, batch,
-                                start_step, self.host_id, self.num_hosts)
-    if self.config.data.weights:
-      positions = ((p, weighted_indices(p, self.train.sizes,
-                                        self.config.data.weights,
-                                        self.config.seed))
-                   for p, _ in positions)
-    return self._iterate(self.train, positions, True, self._per_host(batch))
+  def train_batches(self, config: ml_collections.ConfigDict,
+                    start_step: int) -> Iterator[Dict[str, np.ndarray]]:
+    """Infinite iterator of training batches [devices, per_device, ...] from
+    `start_step`, with the augmentation of `config` (the run's final one)."""
+    batch = config.batch_size
+    positions = lambda: train_positions(  # noqa: E731
+        len(self.train), config.seed, batch, start_step, self.host_id,
+        self.num_hosts)
+    if config.data.weights:
+      unweighted = positions
+      positions = lambda: (  # noqa: E731
+          (p, weighted_indices(p, self.train.sizes, config.data.weights,
+                               config.seed)) for p, _ in unweighted())
+    return iter(self._batches(config, self.train, positions, True, batch))
 
-  def eval_batch_size(self) -> int:
-    return self.config.data.eval_batch_size or self.config.batch_size
-
-  def eval_iterator(self) -> Iterator[Dict[str, np.ndarray]]:
-    """One pass over the eval split; padded examples have mask 0."""
-    return self.ordered_iterator(self.eval)
-
-  def ordered_iterator(self, source: MixedSource
-                       ) -> Iterator[Dict[str, np.ndarray]]:
-    """One pass over `source` in order, without augmentation; the last batch
-    is padded and its padding has mask 0."""
-    batch = self.eval_batch_size()
-    positions = eval_positions(len(source), batch, self.host_id,
-                               self.num_hosts)
-    return self._iterate(source, positions, False, self._per_host(batch))
+  def ordered_batches(self, config: ml_collections.ConfigDict,
+                      source: Optional[MixedSource] = None) -> Batches:
+    """Passes over `source` (default: the eval split) in order, without
+    augmentation, in batches of config.data.eval_batch_size (default
+    batch_size): every `for` over the result is one pass; the last batch is
+    padded and its padding has mask 0."""
+    source = self.eval if source is None else source
+    batch = config.data.eval_batch_size or config.batch_size
+    positions = lambda: eval_positions(  # noqa: E731
+        len(source), batch, self.host_id, self.num_hosts)
+    return self._batches(config, source, positions, False, batch)

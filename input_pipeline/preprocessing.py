@@ -11,7 +11,7 @@ import math
 import ml_collections
 import tensorflow as tf
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 # crop_flip: zero-pad, random crop back, flip; cxr: the seed's affine + flip;
 # bit: resize to data.resize, random crop to data.resolution, flip (HyperRule).

@@ -7,7 +7,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 _DICOM_MAGIC_OFFSET = 128
 

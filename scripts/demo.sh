@@ -43,8 +43,8 @@ if [ "${DEMO_SMOKE:-0}" = 1 ]; then
   echo "(smoke mode: a few steps per stage)"
   UPSTREAM_ARGS=(--config.total_epochs=0 --config.total_steps=4
     --config.checkpoint.every_steps=2 --config.data.eval_split='test[:2%]'
-    --config.fewshot.shots='(1,)' --config.fewshot.seeds='(0,)'
-    --config.fewshot.eval_split='test[:5%]')
+    --config.evals.fewshot.shots='(1,)' --config.evals.fewshot.seeds='(0,)'
+    --config.evals.fewshot.eval_split='test[:5%]')
   STUDY_ARGS=(--spec.seeds='(0,)' --spec.shots='(1,)'
     --spec.fewshot_args=steps=2,batch=16,lr=0.5,eval_split='test[:5%]')
 fi
@@ -52,7 +52,7 @@ fi
 echo "== 1/2: pre-training on Fashion-MNIST classes 0-4 -> $UPSTREAM"
 python -m big_transfer_med.main --config="$REPO/configs/fashion_mnist_upstream.py" \
   --workdir="$UPSTREAM" "${UPSTREAM_ARGS[@]}" "$@" 2>&1 \
-  | { grep --line-buffered -E "train.py|fewshot.py|main.py|ERROR|Error" || true; }
+  | { grep --line-buffered -E "train.py|train_metrics.py|fewshot.py|main.py|ERROR|Error" || true; }
 python - "$UPSTREAM/results.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

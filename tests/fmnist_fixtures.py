@@ -57,7 +57,7 @@ def tiny_config(data_dir: str, **overrides):
   c.schedule.warmup_steps = 0
   c.optim.base_lr = 0.1
   c.log_every_steps = 1
-  c.eval_every_steps = 0
+  c.evals.val.every_steps = 0
   c.checkpoint.every_steps = 2
   for key, value in overrides.items():
     node = c

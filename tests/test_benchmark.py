@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from big_transfer_med import errors
 from big_transfer_med import peers
+from input_pipeline import errors
 from tests import test_main
 
 
@@ -19,30 +19,54 @@ def _run(*args):
       [sys.executable, "-m", "big_transfer_med.benchmark", *args],
       cwd=test_main.REPO, env=env, capture_output=True, text=True, timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
-  return {r["measurement"]: r for r in map(json.loads, (
-      line for line in result.stdout.splitlines() if line.startswith("{")))}
+  return {r["measurement"] + (f"/{r['evaluator']}" if "evaluator" in r else ""): r
+          for r in map(json.loads, (line for line in result.stdout.splitlines()
+                                    if line.startswith("{")))}
+
+
+def bit_forward_flops(depths, width, resolution, channels, classes):
+  """FLOPs (2 per multiply-add) of a BiT ResNet-v2 forward pass, counted
+  from the architecture: 7x7/2 root conv, 3x3/2 max pool, bottleneck units
+  (1x1, 3x3 with the unit's stride, 1x1, projection in each stage's first
+  unit), dense head. Normalisation and activations are left out (< 2%)."""
+  w = 64 * width
+  h = (resolution + 6 - 7) // 2 + 1
+  flops = 2 * h * h * channels * w * 49
+  h = (h + 2 - 3) // 2 + 1
+  cin = w
+  for stage, units in enumerate(depths):
+    cmid, cout = w * 2 ** stage, 4 * w * 2 ** stage
+    for unit in range(units):
+      out = -(-h // (2 if stage and not unit else 1))
+      flops += 2 * (h * h * cin * cmid + out * out * cmid * cmid * 9
+                    + out * out * cmid * cout
+                    + (out * out * cin * cout if unit == 0 else 0))
+      h, cin = out, cout
+  return flops + 2 * cin * classes
 
 
 def test_model_measurements():
-  out = _run("--what=peak,train,memory", "--model=R26x1", "--resolution=32",
-             "--batch_size=2", "--steps=2", "--peak_size=256")
+  out = _run("--what=peak,train,memory", "--model=R26x1", "--resolution=64",
+             "--batch_size=4", "--steps=2", "--peak_size=256")
   peak, step, memory = (out["matmul_peak"], out["train_step"],
                         out["train_step_memory"])
   assert peak["flops_per_sec"] > 1e8
-  # R26x1 at 32 px: ~0.4 GFLOPs per image for forward + backward.
-  assert 0.1 < step["gflops_per_image"] < 2
+  # A train step costs about 3 forward passes (forward, then the gradients
+  # of activations and of weights), plus per-parameter work shared by the
+  # batch (weight standardisation, the optimiser).
+  forward = bit_forward_flops((2, 2, 2, 2), 1, 64, 3, 1000)
+  assert 2.7 * forward < step["gflops_per_image"] * 1e9 < 3.6 * forward
   assert 0 < step["mfu"] < 1.5
-  assert step["images_per_sec"] == 2 / step["step_seconds"]
   # Parameters, gradients-sized momentum and the update: > 3 x 4 bytes each.
   assert memory["peak_bytes"] > 3 * 4 * memory["parameters"]
   assert memory["parameters"] > 10_000_000
 
 
-def test_input_and_end_to_end(tiny_fmnist_data_dir):
-  out = _run("--what=input,seed_input,e2e", f"--config={test_main.CONFIG}",
+def test_input_end_to_end_and_evaluation(tiny_fmnist_data_dir):
+  out = _run("--what=input,seed_input,e2e,eval", f"--config={test_main.CONFIG}",
              f"--config.data.data_dir={tiny_fmnist_data_dir}",
              "--config.batch_size=8", "--config.model.name=R26x1",
-             "--steps=3", "--peer_images=24")
+             "--steps=3", "--peer_images=24", "--passes=1")
   assert out["input_pipeline"]["images_per_sec"] > 0
   assert out["input_pipeline"]["images_per_sec_per_core"] <= out[
       "input_pipeline"]["images_per_sec"]
@@ -50,12 +74,14 @@ def test_input_and_end_to_end(tiny_fmnist_data_dir):
   peer = out["peer_input"]
   assert peer["encoding"] == "png" and peer["peer_images"] == 24
   assert peer["peer_reads"] == "fashion_mnist_local[train] as stored"
-  assert peer["ratio"] == (out["input_pipeline"]["images_per_sec_per_core"] /
-                           peer["peer_images_per_sec_per_core"])
+  assert peer["ratio"] > 0
   e2e = out["end_to_end"]
-  assert e2e["fraction_of_model_only"] == (
-      e2e["steps_per_sec"] / e2e["model_only_steps_per_sec"])
   assert 0.2 < e2e["fraction_of_model_only"] < 5
+  # Both evaluators of the config; later passes reuse the compiled step and
+  # the pipeline built once.
+  for name in ("val", "fewshot"):
+    evaluation = out[f"evaluation/{name}"]
+    assert 0 < evaluation["pass_seconds"] <= evaluation["first_pass_seconds"]
 
 
 def test_timm_peer_runs_or_says_what_to_install():
@@ -72,7 +98,7 @@ def test_timm_peer_runs_or_says_what_to_install():
       model_name="R50x1", resolution=32, batch_size=2, steps=2,
       warmup_steps=1, num_classes=10)
   assert out["peer"].endswith("resnetv2_50x1_bit")
-  assert out["peer_images_per_sec"] == 2 / out["peer_step_seconds"]
+  assert out["peer_images_per_sec"] > 0
   with pytest.raises(errors.ConfigError, match="timm has no"):
     peers.timm_train_step_in_subprocess(model_name="R26x1", resolution=32,
                                         batch_size=2, steps=1, warmup_steps=1)

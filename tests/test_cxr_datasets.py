@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from big_transfer_med import errors
+from input_pipeline import errors
 from input_pipeline import labels as labels_lib
 from input_pipeline.datasets import cxr_chexpert
 from input_pipeline.datasets import cxr_common

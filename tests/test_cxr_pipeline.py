@@ -21,12 +21,12 @@ def _config(data_dir, arg):
 
 def test_two_source_union_shapes_and_masks(tiny_cxr_data_dir):
   config = _config(tiny_cxr_data_dir, "sources=chexpert+nih14,label_set=union")
-  data = pipeline.Pipeline(config, num_local_devices=2)
+  data = pipeline.Pipeline(config.data, num_local_devices=2)
   assert data.multi_label and data.label_names == list(labels_lib.CANONICAL)
   # Frontal only: CheXpert train has 4 frontal of 5, NIH train 5 of 5.
   assert list(data.train.sizes) == [4, 5]
   union = labels_lib.CANONICAL
-  batches = [next(data.train_iterator(step)) for step in range(3)]
+  batches = [next(data.train_batches(config, step)) for step in range(3)]
   for batch in batches:
     assert batch["image"].shape == (2, 2, 32, 32, 3)
     assert batch["labels"].shape == batch["label_mask"].shape == (2, 2, len(union))
@@ -49,13 +49,13 @@ def test_two_source_union_shapes_and_masks(tiny_cxr_data_dir):
 
 def test_eval_counts_each_example_once_and_views_filter(tiny_cxr_data_dir):
   config = _config(tiny_cxr_data_dir, "sources=chexpert+mimic+nih14+padchest")
-  data = pipeline.Pipeline(config, num_local_devices=2)
+  data = pipeline.Pipeline(config.data, num_local_devices=2)
   # Validation frontal views: CheXpert 1 (one lateral), MIMIC 1, NIH 1, PadChest 1.
   assert len(data.eval) == 4
-  seen = sum(b["mask"].sum() for b in data.eval_iterator())
+  seen = sum(b["mask"].sum() for b in data.ordered_batches(config))
   assert seen == 4
   config.data.views = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
-  assert len(pipeline.Pipeline(config).eval) == 5
+  assert len(pipeline.Pipeline(config.data).eval) == 5
 
 
 def test_weighted_mixing_is_deterministic_and_follows_weights():
@@ -70,12 +70,12 @@ def test_weighted_mixing_is_deterministic_and_follows_weights():
 
 def test_cxr_augmentation_is_seeded(tiny_cxr_data_dir):
   config = _config(tiny_cxr_data_dir, "sources=nih14")
-  data = pipeline.Pipeline(config)
-  first = next(data.train_iterator(0))["image"]
-  again = next(data.train_iterator(0))["image"]
+  data = pipeline.Pipeline(config.data)
+  first = next(data.train_batches(config, 0))["image"]
+  again = next(data.train_batches(config, 0))["image"]
   np.testing.assert_array_equal(first, again)
   config.seed = 1
-  other = next(pipeline.Pipeline(config).train_iterator(0))["image"]
+  other = next(pipeline.Pipeline(config.data).train_batches(config, 0))["image"]
   assert not np.array_equal(first, other)
 
 

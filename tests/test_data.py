@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from big_transfer_med import errors
+from input_pipeline import errors
 from input_pipeline import pipeline
 from input_pipeline.datasets import fashion_mnist_local
 from tests import conftest
@@ -118,18 +118,18 @@ def test_eval_positions_cover_each_example_once():
 
 def test_pipeline_batches_classes_and_determinism(tiny_fmnist_data_dir):
   config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir)
-  data = pipeline.Pipeline(config, num_local_devices=2)
+  data = pipeline.Pipeline(config.data, num_local_devices=2)
   assert data.num_classes == 5 and len(data.train) == 50  # 96 -> classes 0-4.
-  batch = next(data.train_iterator(0))
+  batch = next(data.train_batches(config, 0))
   assert batch["image"].shape == (2, 4, 32, 32, 1)
   assert batch["labels"].shape == (2, 4, 5)
   assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
   np.testing.assert_array_equal(batch["labels"].sum(-1), 1.0)
-  again = next(data.train_iterator(0))
+  again = next(data.train_batches(config, 0))
   np.testing.assert_array_equal(batch["image"], again["image"])
-  later = next(data.train_iterator(1))
+  later = next(data.train_batches(config, 1))
   assert not np.array_equal(batch["image"], later["image"])
-  eval_batches = list(data.eval_iterator())
+  eval_batches = list(data.ordered_batches(config))
   masks = np.concatenate([b["mask"].ravel() for b in eval_batches])
   assert masks.sum() == len(data.eval) == 20 and len(masks) == 24
   labels = np.concatenate([b["labels"].reshape(-1, 5) for b in eval_batches])
@@ -141,4 +141,25 @@ def test_class_outside_dataset_is_a_config_error(tiny_fmnist_data_dir):
   config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir)
   config.data.classes = (3, 12)
   with pytest.raises(errors.ConfigError, match=r"config.data.classes has \[12\]"):
-    pipeline.Pipeline(config)
+    pipeline.Pipeline(config.data)
+
+
+def test_input_pipeline_never_imports_big_transfer_med():
+  """The packages depend one way: big_transfer_med -> input_pipeline."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  root = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "input_pipeline")
+  files = glob.glob(os.path.join(root, "**", "*.py"), recursive=True)
+  assert len(files) > 10
+  offending = []
+  for path in files:
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+               else [node.module or ""] if isinstance(node, ast.ImportFrom)
+               else [])
+      offending += [f"{path}: {n}" for n in names
+                    if n.split(".")[0] == "big_transfer_med"]
+  assert not offending

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from big_transfer_med import errors
 from big_transfer_med import models
+from input_pipeline import errors
 from tests import numpy_bit
 
 

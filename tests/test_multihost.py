@@ -23,12 +23,12 @@ def _free_port() -> int:
 
 
 def _args(workdir, data_dir, steps):
-  return [f"--config={test_main.CONFIG}", f"--workdir={workdir}",
+  return [f"--config={test_main.CONFIG}:probe=no", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.total_epochs=0",
           f"--config.total_steps={steps}", "--config.batch_size=8",
           "--config.schedule.decay_type=constant",
           "--config.schedule.warmup_epochs=0", "--config.checkpoint.every_steps=2",
-          "--config.log_every_steps=1", "--config.fewshot.dataset="]
+          "--config.log_every_steps=1"]
 
 
 def _launch(args, processes: int, devices: int):
@@ -92,9 +92,9 @@ def test_hosts_read_disjoint_shards_of_the_global_batch(tiny_fmnist_data_dir):
   config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, batch_size=8)
 
   def first_batches(host_id, num_hosts):
-    data = pipeline.Pipeline(config, host_id=host_id, num_hosts=num_hosts,
+    data = pipeline.Pipeline(config.data, host_id=host_id, num_hosts=num_hosts,
                              num_local_devices=1)
-    it = data.train_iterator(0)
+    it = data.train_batches(config, 0)
     return [next(it)["image"][0] for _ in range(3)]
 
   whole = first_batches(0, 1)

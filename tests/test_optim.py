@@ -5,8 +5,8 @@ import optax
 import pytest
 
 from big_transfer_med import config_lib
-from big_transfer_med import errors
 from big_transfer_med import optim
+from input_pipeline import errors
 
 
 def _unit_norms(x):

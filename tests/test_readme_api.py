@@ -1,5 +1,5 @@
 """Every Python name README.md gives in backticks exists, with the parameters
-it shows: `models.get_model(name, num_classes)`, `train.RUN_NEUTRAL_KEYS`,
+it shows: `models.get_model(name, num_classes)`, `run_dir.RUN_NEUTRAL_KEYS`,
 `big_transfer_med/config_lib.py:base_config()`, ..."""
 import importlib
 import inspect
@@ -71,7 +71,7 @@ NAMES = readme_names()
 
 def test_the_readme_names_our_apis():
   names = {name for _, name, _ in NAMES}
-  for expected in ("models.get_model", "checkpoints.load_bit_npz",
+  for expected in ("models.get_model", "pretrained_weights.load_bit_npz",
                    "input_pipeline.xray_io.read_xray"):
     assert expected in names
 

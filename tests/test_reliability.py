@@ -12,8 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from big_transfer_med import errors
 from big_transfer_med import train
+from input_pipeline import errors
 from input_pipeline import pipeline
 from tests import fmnist_fixtures
 from tests import test_main
@@ -45,14 +45,15 @@ def _snapshot(directory):
 @pytest.fixture
 def nan_at_step_3(monkeypatch):
   """Training batches of step 3 carry NaN images (a corrupt input)."""
-  original = pipeline.Pipeline.train_iterator
+  original = pipeline.Pipeline.train_batches
 
-  def train_iterator(self, start_step):
-    for step, batch in enumerate(original(self, start_step), start_step + 1):
+  def train_batches(self, config, start_step):
+    for step, batch in enumerate(original(self, config, start_step),
+                                 start_step + 1):
       if step == 3:
         batch = dict(batch, image=np.full_like(batch["image"], np.nan))
       yield batch
-  monkeypatch.setattr(pipeline.Pipeline, "train_iterator", train_iterator)
+  monkeypatch.setattr(pipeline.Pipeline, "train_batches", train_batches)
 
 
 def _nan_config(data_dir, **overrides):
@@ -97,11 +98,11 @@ def test_nonfinite_step_is_skipped_when_asked(tiny_fmnist_data_dir, tmp_path,
 
 def test_consecutive_nonfinite_steps_still_stop(tiny_fmnist_data_dir, tmp_path,
                                                 monkeypatch):
-  original = pipeline.Pipeline.train_iterator
+  original = pipeline.Pipeline.train_batches
   monkeypatch.setattr(
-      pipeline.Pipeline, "train_iterator", lambda self, start: (
+      pipeline.Pipeline, "train_batches", lambda self, config, start: (
           dict(b, image=np.full_like(b["image"], np.inf))
-          for b in original(self, start)))
+          for b in original(self, config, start)))
   config = _nan_config(tiny_fmnist_data_dir, on_nonfinite="skip",
                        max_consecutive_nonfinite=2)
   with pytest.raises(errors.TrainingDivergedError,
@@ -144,10 +145,10 @@ def test_changed_config_is_refused_unless_allowed(tiny_fmnist_data_dir,
 
 def test_main_refuses_a_changed_config(tiny_fmnist_data_dir, tmp_path):
   workdir = tmp_path / "run"
-  args = [f"--config={test_main.CONFIG}", f"--workdir={workdir}",
+  args = [f"--config={test_main.CONFIG}:probe=no", f"--workdir={workdir}",
           f"--config.data.data_dir={tiny_fmnist_data_dir}",
           "--config.total_epochs=0", "--config.total_steps=1",
-          "--config.batch_size=8", "--config.fewshot.dataset="]
+          "--config.batch_size=8"]
   assert test_main._run_main(*args).returncode == 0
   result = test_main._run_main(*args, "--config.seed=1")
   assert result.returncode == 2
@@ -160,12 +161,12 @@ def test_main_refuses_a_changed_config(tiny_fmnist_data_dir, tmp_path):
 
 def _main_command(workdir, data_dir):
   return [sys.executable, "-m", "big_transfer_med.main",
-          f"--config={test_main.CONFIG}", f"--workdir={workdir}",
+          f"--config={test_main.CONFIG}:probe=no", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.total_epochs=0",
           "--config.total_steps=9", "--config.batch_size=8",
           "--config.schedule.warmup_epochs=0", "--config.schedule.warmup_steps=2",
           "--config.checkpoint.every_steps=1", "--config.checkpoint.keep=2",
-          "--config.log_every_steps=1", "--config.fewshot.dataset="]
+          "--config.log_every_steps=1"]
 
 
 def _start(command):

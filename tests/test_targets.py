@@ -11,13 +11,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from big_transfer_med import errors
 from big_transfer_med import predict
 from big_transfer_med import train
+from input_pipeline import errors
 from input_pipeline import labels as labels_lib
 from input_pipeline import pipeline
 from input_pipeline import xray_io
 from input_pipeline.datasets import cxr_targets
+from input_pipeline.datasets import fashion_mnist_local
 from tests import fmnist_fixtures
 from tests import test_main
 from tests import tfds_testing
@@ -74,7 +75,7 @@ def test_padchest_cl_keeps_single_finding_images_as_softmax_classes(
   config = test_main._parse(f"--config={TRANSFER}:target=padchest_cl,res=32",
                             f"--config.data.data_dir={tiny_cxr_data_dir}",
                             "--config.data.eval_split=train")
-  data = pipeline.Pipeline(config)
+  data = pipeline.Pipeline(config.data)
   assert not data.multi_label and data.num_classes == 27
   assert config.loss == "softmax_xent" and config.primary_metric == "mean_auc"
   builder = tfds.builder("cxr_padchest", data_dir=tiny_cxr_data_dir)
@@ -86,7 +87,7 @@ def test_padchest_cl_keeps_single_finding_images_as_softmax_classes(
             if np.sum(harmonizer(ex["labels"])[0].numpy() > 0.5) == 1]
   assert 0 < len(single) < len(frontal)
   assert len(data.train) == len(single)
-  batch = next(data.train_iterator(0))
+  batch = next(data.train_batches(config, 0))
   assert np.all(batch["labels"].sum(-1) == 1)  # One-hot.
   assert "label_mask" not in batch
 
@@ -117,7 +118,7 @@ def test_tfrecord_dataset_says_how_to_rebuild(tiny_fmnist_manual_dir, tmp_path):
   config = fmnist_fixtures.tiny_config(str(tmp_path))
   with pytest.raises(pipeline.DatasetNotFoundError,
                      match="fashion_mnist_local --file_format=array_record"):
-    pipeline.Pipeline(config)
+    pipeline.Pipeline(config.data)
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +166,26 @@ def test_predict_on_real_rg1_dicom_and_its_png(chest_run, tmp_path):
        f"--workdir={workdir}", str(tmp_path / "nope.dcm")], cwd=REPO,
       capture_output=True, text=True, timeout=300)
   assert missing.returncode == 2 and "nope.dcm: no such file" in missing.stderr
+
+
+def test_predict_tells_apart_the_classes_a_run_learned(tiny_fmnist_data_dir,
+                                                       tmp_path):
+  """A model trained on two clearly different image classes (a bright square
+  at the top or in the middle; flips keep the row) scores fresh PNGs of each
+  class clearly apart."""
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(fmnist_fixtures.tiny_config(
+      tiny_fmnist_data_dir, total_steps=30, batch_size=16,
+      **{"data.classes": (0, 4)}), workdir)
+  labels = np.array([0, 4, 0, 4])
+  paths = []
+  for i, image in enumerate(fmnist_fixtures.make_images(labels, seed=7)):
+    paths.append(str(tmp_path / f"image{i}.png"))
+    Image.fromarray(image).save(paths[-1])
+  result = predict.predict(workdir, paths)
+  first = fashion_mnist_local.CLASS_NAMES[0]
+  p_first = np.array([result[p][first] for p in paths])
+  assert all(set(result[p]) == {first, fashion_mnist_local.CLASS_NAMES[4]}
+             for p in paths)
+  assert np.all(p_first[labels == 0] > 0.75), p_first
+  assert np.all(p_first[labels == 4] < 0.25), p_first

@@ -13,12 +13,17 @@ import pytest
 from flax import jax_utils
 from flax import traverse_util
 
-from big_transfer_med import checkpoints
-from big_transfer_med import errors
+import scipy.stats
+
+from big_transfer_med import config_lib
+from big_transfer_med import evaluators
 from big_transfer_med import fewshot
 from big_transfer_med import losses
 from big_transfer_med import models
+from big_transfer_med import parallel
+from big_transfer_med import pretrained_weights
 from big_transfer_med import train
+from input_pipeline import errors
 from input_pipeline import pipeline
 from tests import fmnist_fixtures
 from tests import torch_writer
@@ -71,7 +76,7 @@ def _to_torch_state_dict(params):
 def test_real_torch_file_is_read_exactly():
   """A file written by torch.save (PyTorch 2.13): strided views, bfloat16,
   int64, scalars and a training-checkpoint wrapper."""
-  state = checkpoints.torch_format.load_state_dict(
+  state = pretrained_weights.torch_format.load_state_dict(
       os.path.join(TESTDATA, "torch", "real_checkpoint.pth.tar"))
   with np.load(os.path.join(TESTDATA, "torch",
                             "real_checkpoint_expected.npz")) as expected:
@@ -89,7 +94,7 @@ def test_torch_file_with_foreign_objects_is_refused(tmp_path):
     z.writestr("archive/data.pkl", pickle.dumps({"x": os.system}, protocol=2))
   with pytest.raises(errors.CheckpointMismatchError,
                      match=r"refusing to unpickle posix.system"):
-    checkpoints.read_pretrained(path)
+    pretrained_weights.read_pretrained(path)
 
 
 @pytest.mark.parametrize("fmt", ["npz", "torch"])
@@ -98,7 +103,7 @@ def test_pretrained_file_loads_exactly_and_fine_tunes(fmt, tiny_fmnist_data_dir,
   source = _random_params(num_classes=10)  # Another task's 10-class head.
   if fmt == "npz":
     path = str(tmp_path / "BiT-S-R26x1.npz")
-    checkpoints.save_bit_npz(source, path)
+    pretrained_weights.save_bit_npz(source, path)
   else:
     path = str(tmp_path / "model.pth.tar")
     torch_writer.save({"model": _to_torch_state_dict(source), "epoch": 3,
@@ -138,7 +143,7 @@ def test_pretrained_file_loads_exactly_and_fine_tunes(fmt, tiny_fmnist_data_dir,
 def test_checkpoint_that_does_not_fit_writes_nothing(tiny_fmnist_data_dir,
                                                     tmp_path):
   path = str(tmp_path / "rgb.npz")
-  checkpoints.save_bit_npz(_random_params(10, channels=3), path)
+  pretrained_weights.save_bit_npz(_random_params(10, channels=3), path)
   workdir = str(tmp_path / "run")
   config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir,
                                        **{"init.checkpoint": path})
@@ -177,14 +182,14 @@ def test_fewshot_subset_is_balanced_deterministic_and_recorded(
   config = fmnist_fixtures.tiny_config(
       tiny_fmnist_data_dir, total_steps=2,
       **{"data.examples_per_class": 3, "data.fewshot_seed": 7})
-  data = pipeline.Pipeline(config)
+  data = pipeline.Pipeline(config.data)
   assert len(data.train) == 15
   labels, _ = data.train.sources[0].label_matrix()
   assert labels.sum(0).tolist() == [3] * 5
-  again = pipeline.Pipeline(config)
+  again = pipeline.Pipeline(config.data)
   assert again.fewshot_ids == data.fewshot_ids
   config.data.fewshot_seed = 8
-  assert pipeline.Pipeline(config).fewshot_ids != data.fewshot_ids
+  assert pipeline.Pipeline(config.data).fewshot_ids != data.fewshot_ids
   config.data.fewshot_seed = 7
   workdir = str(tmp_path / "run")
   summary = train.train_and_evaluate(config, workdir)
@@ -213,50 +218,83 @@ def test_select_fewshot_multi_label_rule():
   assert len(chosen) < 40
 
 
-def test_mixup_uses_one_lambda_and_mask_product():
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_mixup_lambda_is_a_beta_draw(alpha):
   images = jnp.arange(4.0).reshape(4, 1, 1, 1)
   labels = jnp.eye(4)
   mask = jnp.array([1.0, 1.0, 1.0, 0.0])
-  mixed_images, mixed_labels, mixed_mask = train.mixup(
-      jax.random.PRNGKey(0), 0.1, images, labels, mask)
-  lam = float(mixed_labels[0, 0])
-  np.testing.assert_allclose(mixed_labels.sum(1), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(mixed_images[:, 0, 0, 0],
-                             lam * np.arange(4) + (1 - lam) * np.arange(4)[::-1],
-                             rtol=1e-6)
-  np.testing.assert_array_equal(mixed_mask, [0.0, 1.0, 1.0, 0.0])
+  keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+  mixed_images, mixed_labels, mixed_mask, lam = jax.vmap(
+      lambda k: train.mixup(k, alpha, images, labels, mask))(keys)
+  # Lambda follows Beta(alpha, alpha) (Kolmogorov-Smirnov against scipy).
+  assert scipy.stats.kstest(np.asarray(lam), "beta", (alpha, alpha)).pvalue > 0.01
+  lam = np.asarray(lam)[:, None]
+  np.testing.assert_allclose(mixed_images[:, :, 0, 0, 0],
+                             lam * np.arange(4) + (1 - lam) * np.arange(3, -1, -1),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(mixed_labels[:, 0, 0], lam[:, 0], rtol=1e-6)
+  np.testing.assert_allclose(mixed_labels.sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(mixed_mask[0], [0.0, 1.0, 1.0, 0.0])
 
 
-def test_training_with_mixup_runs(tiny_fmnist_data_dir, tmp_path):
-  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=2,
-                                       mixup_alpha=0.2)
-  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert math.isfinite(summary["metrics"]["loss"])
+def test_mixup_step_is_the_plain_step_on_the_mixed_batch():
+  """On 2 devices: every device draws the same lambda, mixes within its
+  share of the batch, and the update is that of the plain step on the batch
+  mixed that way."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import config_lib, optim, parallel  # pylint: disable=g-import-not-at-top
+  model = models.get_model("R26x1", 3)
+  schedule = optim.create_schedule(0.1, 10)
+  optimizer = optim.create_optimizer(schedule)
+  state = train.create_train_state(config_lib.base_config(), model, optimizer,
+                                   (16, 16, 1))
+  # A non-zero head, so that the labels change the gradient.
+  state = state.replace(params=dict(state.params, head=dict(
+      state.params["head"], kernel=jnp.full_like(
+          state.params["head"]["kernel"], 0.05))))
+  step = lambda alpha: parallel.per_device(functools.partial(  # noqa: E731
+      train.train_step, model=model, loss_fn=losses.softmax_xent,
+      optimizer=optimizer, schedule=schedule, mixup_alpha=alpha))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.standard_normal((2, 4, 16, 16, 1), np.float32),
+           "labels": np.eye(3, dtype=np.float32)[rng.integers(0, 3, (2, 4))],
+           "mask": np.ones((2, 4), np.float32)}
+  mixed_state, metrics = step(0.4)(parallel.replicate(state), batch)
+  lam = np.asarray(metrics["mixup_lambda"])
+  assert lam[0] == lam[1] and 0.0 < lam[0] < 1.0
+  mix = lambda x: lam[0] * x + (1 - lam[0]) * x[:, ::-1]  # noqa: E731
+  mixed_batch = {"image": mix(batch["image"]), "labels": mix(batch["labels"]),
+                 "mask": batch["mask"]}
+  plain_state, _ = step(0.0)(parallel.replicate(state), mixed_batch)
+  for a, b in zip(jax.tree.leaves(parallel.unreplicate(mixed_state.params)),
+                  jax.tree.leaves(parallel.unreplicate(plain_state.params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  before = jax.tree.leaves(state.params)
+  assert any(not np.allclose(a, b) for a, b in zip(
+      before, jax.tree.leaves(parallel.unreplicate(mixed_state.params))))
 
 
-def _evaluate(config, num_devices):
-  data = pipeline.Pipeline(config, num_local_devices=num_devices)
-  model = models.get_model("R26x1", data.num_classes)
-  params = _random_params(5)
-  p_eval = jax.pmap(
-      lambda p, b: train.eval_step(p, b, model=model,
-                                   loss_fn=losses.softmax_xent,
-                                   multi_label=False, per_class=True),
-      axis_name=train.AXIS, devices=jax.local_devices()[:num_devices])
-  replicated = jax_utils.replicate(params, jax.local_devices()[:num_devices])
-  return train.evaluate(p_eval, replicated, data.eval_iterator(),
-                        label_names=data.label_names)
+def _evaluate(config):
+  """The classification evaluator, with random parameters, on 2 devices."""
+  data = pipeline.Pipeline(config.data, num_local_devices=2)
+  evaluator = evaluators.ClassificationEvaluator(
+      config.evals.val, config=config, model=models.get_model("R26x1", 5),
+      data=data)
+  return evaluator.run(parallel.replicate({"params": _random_params(5)}))
 
 
-def test_evaluation_counts_each_example_once_on_1_and_2_devices(
+def test_evaluation_counts_each_example_once_however_batched(
     tiny_fmnist_data_dir):
-  # 20 test examples of classes 0-4; batches of 6 leave a padded last batch.
-  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir,
-                                       **{"data.eval_batch_size": 6})
-  one, two = _evaluate(config, 1), _evaluate(config, 2)
-  assert one["examples"] == two["examples"] == 20
+  """20 test examples of classes 0-4: batches of 6 (3 per device) leave a
+  padded last batch, one batch of 20 none; the results agree (host counts:
+  test_multihost.py)."""
+  padded, whole = (_evaluate(fmnist_fixtures.tiny_config(
+      tiny_fmnist_data_dir, **{"data.eval_batch_size": size}))
+                   for size in (6, 20))
+  assert padded["examples"] == whole["examples"] == 20
   for key in ("loss", "accuracy", "mean_auc", "map"):
-    np.testing.assert_allclose(one[key], two[key], rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(padded[key], whole[key], rtol=1e-5,
+                               err_msg=key)
 
 
 def test_ridge_accuracy_separates_separable_classes():
@@ -273,20 +311,19 @@ def test_ridge_accuracy_separates_separable_classes():
 
 
 def test_linear_fewshot_evaluator_on_tiny_data(tiny_fmnist_data_dir):
-  config = fmnist_fixtures.tiny_config(
-      tiny_fmnist_data_dir,
-      **{"fewshot.dataset": "fashion_mnist_local",
-         "fewshot.classes": (5, 6, 7, 8, 9), "fewshot.shots": (1, 2),
-         "fewshot.seeds": (0, 1)})
+  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir)
+  config_lib.add_eval(config, "probe", config_lib.fewshot_eval(
+      dataset="fashion_mnist_local", classes=(5, 6, 7, 8, 9), shots=(1, 2),
+      seeds=(0, 1)))
   model = models.get_model("R26x1", 5)
-  evaluator = fewshot.from_config(config, model)
-  params = jax_utils.replicate(_random_params(5))
-  results = evaluator.run(params)
+  evaluator = evaluators.from_config(config, model,
+                                     pipeline.Pipeline(config.data))["probe"]
+  variables = parallel.replicate({"params": _random_params(5)})
+  results = evaluator.run(variables)
   assert set(results) == {
-      f"fewshot/fashion_mnist_local_{k}shot{s}" for k in (1, 2)
-      for s in ("", "_std")}
+      f"fashion_mnist_local_{k}shot{s}" for k in (1, 2) for s in ("", "_std")}
   assert all(0.0 <= v <= 1.0 for v in results.values())
-  assert results == evaluator.run(params)  # Deterministic.
+  assert results == evaluator.run(variables)  # Deterministic.
   # The classes are learnable from the pixels: random features beat chance
   # once a few shots are given.
-  assert results["fewshot/fashion_mnist_local_2shot"] > 0.2
+  assert results["fashion_mnist_local_2shot"] > 0.2

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from big_transfer_med import checkpoints
 from big_transfer_med import config_lib
 from big_transfer_med import config_validation
-from big_transfer_med import errors
 from big_transfer_med import paths
+from big_transfer_med import pretrained_weights
 from big_transfer_med import study
+from input_pipeline import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "fashion_mnist_upstream.py")
@@ -75,9 +75,9 @@ def test_main_with_relative_paths_from_another_directory(
   cwd.mkdir()
   data_dir = os.path.relpath(tiny_fmnist_data_dir, cwd)
   config = os.path.relpath(CONFIG, cwd)
-  common = [f"--config={config}", f"--config.data.data_dir={data_dir}",
+  common = [f"--config={config}:probe=no", f"--config.data.data_dir={data_dir}",
             "--config.batch_size=8", "--config.total_epochs=0",
-            "--config.schedule.warmup_epochs=0", "--config.fewshot.dataset=",
+            "--config.schedule.warmup_epochs=0",
             "--config.checkpoint.every_steps=1", "--config.log_every_steps=1"]
   first = _run("big_transfer_med.main", *common, "--workdir=runs/up",
                "--config.total_steps=2", cwd=cwd)
@@ -104,13 +104,24 @@ def test_main_with_relative_paths_from_another_directory(
 # Config values.
 
 def test_every_base_config_key_has_exactly_one_rule():
-  keys = set(config_validation.flat_items(config_lib.base_config()))
+  keys = {k for k in config_validation.flat_items(config_lib.base_config())
+          if not k.startswith("evals.")}
   assert keys == set(config_validation.RULES)
+  for settings in (config_lib.classification_eval(), config_lib.fewshot_eval()):
+    assert set(settings) == set(config_validation.EVAL_RULES[settings.type])
 
 
-@pytest.mark.parametrize("key", sorted(config_validation.RULES))
+def _with_probe(c):
+  config_lib.add_eval(c, "probe", config_lib.fewshot_eval(
+      dataset="fashion_mnist_local"))
+  return c
+
+
+@pytest.mark.parametrize("key", sorted(config_validation.RULES) + [
+    f"evals.val.{k}" for k in config_lib.classification_eval()] + [
+        f"evals.probe.{k}" for k in config_lib.fewshot_eval()])
 def test_every_key_refuses_a_value_of_the_wrong_kind(key):
-  values = config_lib.base_config().to_dict()
+  values = _with_probe(config_lib.base_config()).to_dict()
   *parents, leaf = key.split(".")
   node = values
   for p in parents:
@@ -122,7 +133,7 @@ def test_every_key_refuses_a_value_of_the_wrong_kind(key):
 
 
 def _valid_config():
-  c = config_lib.base_config()
+  c = _with_probe(config_lib.base_config())
   c.data.resolution, c.total_steps = 32, 10
   return c
 
@@ -142,8 +153,9 @@ def _valid_config():
     ("data.uncertain", "maybe"), ("data.classes", (1, 1)),
     ("model.name", "R51x1"), ("model.precision", "float16"),
     ("loss", "hinge"), ("primary_metric", "f1"), ("on_nonfinite", "ignore"),
-    ("init.dont_load", ("head/[",)), ("fewshot.shots", (0, 5)),
-    ("fewshot.l2_reg", 0.0), ("seed", -1), ("optim.agc_eps", 0.0),
+    ("init.dont_load", ("head/[",)), ("evals.probe.shots", (0, 5)),
+    ("evals.probe.l2_reg", 0.0), ("evals.val.every_steps", -1),
+    ("evals.val.type", "segmentation"), ("seed", -1), ("optim.agc_eps", 0.0),
 ])
 def test_bad_values_are_refused_naming_key_and_allowed(key, value):
   c = _valid_config()
@@ -199,7 +211,7 @@ def test_shipped_configs_are_valid(config_file, arg):
 
 
 @pytest.mark.parametrize("arg,expected", [
-    ("foo=1", r"unknown argument 'foo' in 'foo=1' \(keys: model, res, epochs\)"),
+    ("foo=1", r"unknown argument 'foo' in 'foo=1' \(keys: model, res, epochs, probe\)"),
     ("res=abc", "argument res='abc' is not a valid int"),
     ("res", "argument 'res' is not of the form key=value"),
 ])
@@ -262,17 +274,17 @@ def _bad_checkpoints(directory):
 
 
 def test_damaged_checkpoints_fail_naming_the_file(tmp_path):
-  template = checkpoints.params_template("R26x1", 10)
+  template = pretrained_weights.params_template("R26x1", 10)
   for name in _bad_checkpoints(tmp_path):
     path = str(tmp_path / name)
     with pytest.raises(errors.CheckpointMismatchError) as raised:
-      checkpoints.load_pretrained(path, template)
+      pretrained_weights.load_pretrained(path, template)
     assert path in str(raised.value), name
     assert "\n" not in str(raised.value), name
   empty_dir = tmp_path / "not_a_run"
   empty_dir.mkdir()
   with pytest.raises(errors.CheckpointMismatchError, match="holds no checkpoint"):
-    checkpoints.load_pretrained(str(empty_dir), template)
+    pretrained_weights.load_pretrained(str(empty_dir), template)
 
 
 def test_main_damaged_init_checkpoint_is_one_line(tiny_fmnist_data_dir,

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from big_transfer_med import errors
+from input_pipeline import errors
 from input_pipeline import xray_io
 
 

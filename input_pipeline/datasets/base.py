@@ -5,7 +5,7 @@ from typing import Iterable, Optional
 import tensorflow_datasets as tfds
 from etils import epath
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 
 class ManualDownloadError(errors.DataError):

@@ -5,7 +5,7 @@ import os
 import tensorflow_datasets as tfds
 from etils import epath
 
-from big_transfer_med import errors
+from input_pipeline import errors
 from input_pipeline import labels as labels_lib
 from input_pipeline.datasets import base
 from input_pipeline.datasets import cxr_common

@@ -11,7 +11,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from big_transfer_med import errors
+from input_pipeline import errors
 from input_pipeline.datasets import base
 
 VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from big_transfer_med import errors
+from input_pipeline import errors
 
 from input_pipeline.datasets import base
 

@@ -1,4 +1,5 @@
-"""Pre-trained weights: our orbax workdirs, BiT .npz files, PyTorch BiT models.
+"""Pre-trained weights to start from: BiT .npz files, PyTorch BiT models,
+and runs of ours (their latest checkpoint; see run_dir).
 
 BiT .npz files use flat TF variable names; our parameter tree mirrors them
 one-to-one (PyTorch names map likewise, see _from_torch_name):
@@ -21,14 +22,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
-from absl import logging
 from flax import traverse_util
 
 from big_transfer_med import atomic_files
-from big_transfer_med import errors
 from big_transfer_med import models
+from big_transfer_med import run_dir
 from big_transfer_med import torch_format
+from input_pipeline import errors
 
 _UNIT_RE = re.compile(r"^block(\d+)_unit(\d+)$")
 _LAYER_TO_BIT = {
@@ -147,19 +147,9 @@ def _from_torch_array(name: str, value: np.ndarray) -> np.ndarray:
   return value
 
 
-def _read_orbax_params(path: str) -> Dict[str, np.ndarray]:
-  """Params of the latest checkpoint of a workdir of ours (or its checkpoints/)."""
-  directory = os.path.join(path, "checkpoints")
-  directory = directory if os.path.isdir(directory) else path
-  manager = ocp.CheckpointManager(os.path.abspath(directory))
-  step = manager.latest_step()
-  if step is None:
-    raise errors.CheckpointMismatchError(
-        f"config.init.checkpoint={path!r} holds no checkpoint: give a workdir "
-        "of a finished run (or its checkpoints/ folder), a .npz or a .pth.tar.")
-  restored = manager.restore(step)
-  manager.close()
-  logging.info("Reading params of %s at step %d.", directory, step)
+def _read_run_params(path: str) -> Dict[str, np.ndarray]:
+  """Params of the latest checkpoint of a run of ours."""
+  restored, _ = run_dir.read_latest(path)
   return {"/".join(k): np.asarray(v) for k, v in
           traverse_util.flatten_dict(restored["params"]).items()}
 
@@ -193,7 +183,7 @@ _UNREADABLE = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile,
 
 def _read_pretrained(path: str):
   if os.path.isdir(path):
-    arrays = _read_orbax_params(path)
+    arrays = _read_run_params(path)
     return arrays, {k: k for k in arrays}
   if path.endswith(".npz"):
     raw, convert = read_bit_npz(path), _from_bit_name
@@ -295,4 +285,11 @@ def load_bit_npz(path: str, model_name: str) -> Dict[str, Any]:
       model_name, None if head is None else head.shape[-1],
       3 if root is None else root.shape[2])
   params, _ = _fit(path, arrays, file_names, template)
+  return params
+
+
+def load_body_params(path: str, model_name: str,
+                     channels: int = 3) -> Dict[str, Any]:
+  """Params of `model_name` without a head from any supported checkpoint."""
+  params, _ = load_pretrained(path, params_template(model_name, None, channels))
   return params
