@@ -101,30 +101,27 @@ def sequence(item: Rule, unique: bool = False, increasing: bool = False,
               + (", or None" if optional else ""), ok, optional)
 
 
-def _is_model_name(name) -> bool:
-  try:
-    models.parse_name(name)
-  except (errors.ConfigError, TypeError):
-    return False
-  return True
-
-
-def _is_regex(pattern) -> bool:
-  try:
-    re.compile(pattern)
-  except (re.error, TypeError):
-    return False
-  return True
+def _parses(parse: Callable[[Any], Any], failures) -> Callable[[Any], bool]:
+  """A check: whether `parse(value)` succeeds (raises none of `failures`)."""
+  def ok(value) -> bool:
+    try:
+      parse(value)
+    except failures:
+      return False
+    return True
+  return ok
 
 
 RULES: Dict[str, Rule] = {
     "seed": integer(0),
     "model.name": Rule("R<depth>x<width> with depth in "
                        f"{sorted(models.DEPTHS)} and width in "
-                       f"{list(models.WIDTHS)}, e.g. 'R50x1'", _is_model_name),
+                       f"{list(models.WIDTHS)}, e.g. 'R50x1'",
+                       _parses(models.parse_name, (errors.ConfigError, TypeError))),
     "model.precision": choice(sorted(models.PRECISIONS)),
     "init.checkpoint": string(),
-    "init.dont_load": sequence(Rule("regular expression", _is_regex)),
+    "init.dont_load": sequence(Rule("regular expression",
+                                        _parses(re.compile, (re.error, TypeError)))),
     "hyperrule": boolean(),
     "mixup_alpha": number(0, optional=True),
     "data.name": string(nonempty=True),

@@ -94,7 +94,7 @@ EVALUATORS = {"classification": ClassificationEvaluator,
 
 def from_config(config: ml_collections.ConfigDict, model, data
                 ) -> Dict[str, Any]:
-  """{name: evaluator} for config.evals, in its order."""
+  """{name: evaluator} for config.evals (ConfigDict order: by name)."""
   built = {}
   for name, settings in config.evals.items():
     if settings.type not in EVALUATORS:

@@ -4,6 +4,7 @@ copies to and from the devices, and gathers across hosts.
 Everything else calls these, so a `jit` + sharding path could replace `pmap`
 here alone. Host arrays of a batch are [local devices, per device, ...].
 """
+import itertools
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
@@ -56,8 +57,14 @@ def unreplicate(tree):
 
 
 def prefetch(batches: Iterator[Any], size: int = 2) -> Iterator[Any]:
-  """Host batches copied to the devices `size` ahead of their use."""
-  return jax_utils.prefetch_to_device(batches, size)
+  """Host batches [n, ...] copied to the first n local devices (all of
+  them, for a pipeline built for this host), `size` ahead of their use."""
+  first = next(batches, None)
+  if first is None:
+    return iter(())
+  devices = jax.local_devices()[:jax.tree.leaves(first)[0].shape[0]]
+  return jax_utils.prefetch_to_device(itertools.chain([first], batches), size,
+                                      devices)
 
 
 def gather_batches(per_batch: Sequence[Any]):

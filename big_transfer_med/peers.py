@@ -22,6 +22,7 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
+from big_transfer_med import cli
 from big_transfer_med import models
 from input_pipeline import errors
 
@@ -175,8 +176,7 @@ def main():
   try:
     print(json.dumps(timm_train_step(**args)), flush=True)
   except errors.UserError as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
 
 
 if __name__ == "__main__":

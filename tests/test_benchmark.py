@@ -46,16 +46,19 @@ def bit_forward_flops(depths, width, resolution, channels, classes):
 
 
 def test_model_measurements():
-  out = _run("--what=peak,train,memory", "--model=R26x1", "--resolution=64",
-             "--batch_size=4", "--steps=2", "--peak_size=256")
+  out = _run("--what=peak,train,memory", "--model=R26x1", "--resolution=32",
+             "--batch_size=2", "--steps=2", "--peak_size=256")
   peak, step, memory = (out["matmul_peak"], out["train_step"],
                         out["train_step_memory"])
   assert peak["flops_per_sec"] > 1e8
-  # A train step costs about 3 forward passes (forward, then the gradients
-  # of activations and of weights), plus per-parameter work shared by the
-  # batch (weight standardisation, the optimiser).
-  forward = bit_forward_flops((2, 2, 2, 2), 1, 64, 3, 1000)
-  assert 2.7 * forward < step["gflops_per_image"] * 1e9 < 3.6 * forward
+  # A train step costs about 3 forward passes per image (forward, then the
+  # gradients of activations and of weights), plus per-parameter work the
+  # batch shares (weight standardisation, AGC, the optimiser: tens of
+  # FLOPs per parameter).
+  forward = bit_forward_flops((2, 2, 2, 2), 1, 32, 3, 1000)
+  per_parameter = memory["parameters"] / 2  # Per image, batch of 2.
+  flops = step["gflops_per_image"] * 1e9
+  assert 2.7 * forward + per_parameter < flops < 3.3 * forward + 50 * per_parameter
   assert 0 < step["mfu"] < 1.5
   # Parameters, gradients-sized momentum and the update: > 3 x 4 bytes each.
   assert memory["peak_bytes"] > 3 * 4 * memory["parameters"]

@@ -175,7 +175,7 @@ def test_predict_tells_apart_the_classes_a_run_learned(tiny_fmnist_data_dir,
   class clearly apart."""
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(fmnist_fixtures.tiny_config(
-      tiny_fmnist_data_dir, total_steps=30, batch_size=16,
+      tiny_fmnist_data_dir, total_steps=12, batch_size=16,
       **{"data.classes": (0, 4)}), workdir)
   labels = np.array([0, 4, 0, 4])
   paths = []

@@ -17,11 +17,13 @@ import scipy.stats
 
 from big_transfer_med import config_lib
 from big_transfer_med import evaluators
+from big_transfer_med import export
 from big_transfer_med import fewshot
 from big_transfer_med import losses
 from big_transfer_med import models
 from big_transfer_med import parallel
 from big_transfer_med import pretrained_weights
+from big_transfer_med import run_dir
 from big_transfer_med import train
 from input_pipeline import errors
 from input_pipeline import pipeline
@@ -165,6 +167,12 @@ def test_continual_pretraining_keeps_a_matching_head(tiny_fmnist_data_dir,
       tiny_fmnist_data_dir, total_steps=2, **{"init.checkpoint": first})
   summary = train.train_and_evaluate(config, second)
   assert summary["init"]["initialised"] == 0  # Head included: same task.
+  # Exported as a BiT .npz, the run reads back exactly, head included.
+  exported = str(tmp_path / "first.npz")
+  export.export_bit_npz(first, exported)
+  jax.tree.map(np.testing.assert_array_equal,
+               pretrained_weights.load_bit_npz(exported, "R26x1"),
+               run_dir.load_variables(first)["params"])
   with open(os.path.join(second, "metrics.jsonl")) as f:
     first_loss = json.loads(f.readline())["train_loss"]
   assert first_loss < math.log(5)  # Starts from the trained head.
@@ -274,27 +282,27 @@ def test_mixup_step_is_the_plain_step_on_the_mixed_batch():
       before, jax.tree.leaves(parallel.unreplicate(mixed_state.params))))
 
 
-def _evaluate(config):
-  """The classification evaluator, with random parameters, on 2 devices."""
-  data = pipeline.Pipeline(config.data, num_local_devices=2)
+def _evaluate(config, num_devices):
+  """The classification evaluator, with random parameters, on the first
+  `num_devices` of the 2 devices (batches are laid out for that many)."""
+  data = pipeline.Pipeline(config.data, num_local_devices=num_devices)
   evaluator = evaluators.ClassificationEvaluator(
       config.evals.val, config=config, model=models.get_model("R26x1", 5),
       data=data)
-  return evaluator.run(parallel.replicate({"params": _random_params(5)}))
+  # A per-device function runs on the devices its arguments are on.
+  return evaluator.run(jax_utils.replicate(
+      {"params": _random_params(5)}, jax.local_devices()[:num_devices]))
 
 
-def test_evaluation_counts_each_example_once_however_batched(
+def test_evaluation_counts_each_example_once_on_1_and_2_devices(
     tiny_fmnist_data_dir):
-  """20 test examples of classes 0-4: batches of 6 (3 per device) leave a
-  padded last batch, one batch of 20 none; the results agree (host counts:
-  test_multihost.py)."""
-  padded, whole = (_evaluate(fmnist_fixtures.tiny_config(
-      tiny_fmnist_data_dir, **{"data.eval_batch_size": size}))
-                   for size in (6, 20))
-  assert padded["examples"] == whole["examples"] == 20
+  # 20 test examples of classes 0-4; batches of 6 leave a padded last batch.
+  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir,
+                                       **{"data.eval_batch_size": 6})
+  one, two = _evaluate(config, 1), _evaluate(config, 2)
+  assert one["examples"] == two["examples"] == 20
   for key in ("loss", "accuracy", "mean_auc", "map"):
-    np.testing.assert_allclose(padded[key], whole[key], rtol=1e-5,
-                               err_msg=key)
+    np.testing.assert_allclose(one[key], two[key], rtol=1e-5, err_msg=key)
 
 
 def test_ridge_accuracy_separates_separable_classes():
