@@ -283,10 +283,8 @@ def evaluation_speed(config, passes: int) -> Dict[str, Any]:
   `passes` more, as the trainer's periodic evaluations run them."""
   from big_transfer_med import evaluators  # pylint: disable=g-import-not-at-top
   data, config = _data(config)
-  model = models.get_model(config.model.name, data.num_classes,
-                           config.model.precision)
-  _, optimizer, _ = _parts(config.model.name, data.num_classes, config.loss,
-                           config.model.precision)
+  model, optimizer, _ = _parts(config.model.name, data.num_classes,
+                               config.loss, config.model.precision)
   res = config.data.resolution
   state = parallel.replicate(train.create_train_state(
       config, model, optimizer, (res, res, config.data.channels)))

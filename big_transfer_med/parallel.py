@@ -71,18 +71,15 @@ def gather_batches(per_batch: Sequence[Any]):
   """Per-device outputs of consecutive batches (trees with leaves [devices,
   per device, ...]) -> host numpy arrays of every host, in the global order
   of the examples [examples, ...]: one transfer and one gather in all."""
+  # [batches, devices, per device, ...]
   stacked = jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(per_batch))
-  # [batches, devices, per device, ...] -> [batches, per host, ...]
-  stacked = jax.tree.map(
-      lambda x: x.reshape((x.shape[0], -1) + x.shape[3:]), stacked)
   if jax.process_count() > 1:
-    # [hosts, batches, ...] -> [batches, hosts, ...]: every global batch is
-    # the hosts' slices in host order.
+    # [hosts, batches, devices, ...] -> [batches, hosts, devices, ...]:
+    # every global batch is the hosts' slices in host order.
     stacked = jax.tree.map(lambda x: np.swapaxes(x, 0, 1),
                            multihost_utils.process_allgather(stacked))
-    stacked = jax.tree.map(
-        lambda x: x.reshape((x.shape[0], -1) + x.shape[3:]), stacked)
-  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), stacked)
+  leading = 4 if jax.process_count() > 1 else 3
+  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[leading:]), stacked)
 
 
 def host_layout() -> dict:

@@ -149,9 +149,8 @@ def _from_torch_array(name: str, value: np.ndarray) -> np.ndarray:
 
 def _read_run_params(path: str) -> Dict[str, np.ndarray]:
   """Params of the latest checkpoint of a run of ours."""
-  restored, _ = run_dir.read_latest(path)
-  return {"/".join(k): np.asarray(v) for k, v in
-          traverse_util.flatten_dict(restored["params"]).items()}
+  return {"/".join(k): v for k, v in traverse_util.flatten_dict(
+      run_dir.load_variables(path)["params"]).items()}
 
 
 def read_pretrained(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:

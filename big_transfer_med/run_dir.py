@@ -9,7 +9,7 @@ config.json (checked on resume), and reading a finished run back.
 import json
 import os
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 import flax
 import jax
@@ -153,9 +153,9 @@ def load_labels(workdir: str) -> Dict[str, Any]:
   return _read_json(workdir, LABELS_FILE)
 
 
-def read_latest(path: str) -> Tuple[Dict[str, Any], int]:
+def _read_latest(path: str) -> Dict[str, Any]:
   """The raw state dict of the latest checkpoint of a run of ours (`path` is
-  its workdir or checkpoints/ folder), and its step."""
+  its workdir or checkpoints/ folder)."""
   directory = os.path.join(path, CHECKPOINTS)
   directory = directory if os.path.isdir(directory) else path
   manager = ocp.CheckpointManager(os.path.abspath(directory))
@@ -167,13 +167,13 @@ def read_latest(path: str) -> Tuple[Dict[str, Any], int]:
   restored = manager.restore(step)
   manager.close()
   logging.info("Read the checkpoint of %s at step %d.", directory, step)
-  return restored, step
+  return restored
 
 
 def load_variables(workdir: str) -> Dict[str, Any]:
   """The model variables ({'params': ..., other collections}) of the run's
-  latest checkpoint, as numpy arrays."""
-  restored, _ = read_latest(workdir)
+  latest checkpoint (`workdir` or its checkpoints/ folder), as numpy arrays."""
+  restored = _read_latest(workdir)
   variables = {"params": restored["params"],
                **(restored.get("model_state") or {})}
   return jax.tree.map(np.asarray, variables)
