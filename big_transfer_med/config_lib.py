@@ -97,17 +97,26 @@ def _data_defaults() -> ml_collections.ConfigDict:
   d.label_set = "common7"  # common7, chexpert13, nih14, padchest27, union.
   d.uncertain = "ignore"  # ignore, zeros, ones, lsr_zeros, lsr_ones.
   d.missing = "mask"  # Not-mentioned labels: 'mask' or 'zeros'.
+  # CheXpert / MIMIC 'No Finding' = 1: 'unmentioned' makes the findings the
+  # report did not mention negative (a positive Support Devices stays); 'all'
+  # makes every finding negative (the seed code).
+  d.no_finding = "unmentioned"
   d.views = ("PA", "AP", "AP_SUPINE")  # Frontal views.
   d.weights = ()  # Mixing weights per source; () concatenates.
   d.crop_to_square = False
   d.resolution = config_dict.placeholder(int)  # Input (crop) size.
   d.resize = config_dict.placeholder(int)  # 'bit' augment: resize first.
   d.channels = 3
+  # How pixels reach the model: 'minus_one_one' ([-1, 1]: Google's BiT
+  # weights, the seed's CXR models) or 'imagenet' (ImageNet mean/std: the
+  # seed's ImageNet-1k/21k models). Checked against the run a model starts from.
+  d.normalization = "minus_one_one"
   d.augment = "crop_flip"
   d.crop_padding = 4  # crop_flip: zero padding before the random crop.
   d.shift = 0.25  # cxr: random shift (fraction), scale, rotation (deg).
   d.scale = 0.1
   d.rotation = 45.0
+  d.affine_fill = "zeros"  # cxr: outside pixels 'zeros' or 'reflect_101'.
   d.eval_batch_size = config_dict.placeholder(int)  # None: batch_size.
   d.prefetch = 2
   d.num_threads = config_dict.placeholder(int)  # None: TF decides.
@@ -124,6 +133,10 @@ def _data_defaults() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by all runs (the seed paper's upstream recipe)."""
   c = ml_collections.ConfigDict()
+  # Which recipe a config file applied: 'ours', 'bit' (BiT-HyperRule
+  # fine-tuning) or 'seed' (the seed paper's code as released); recorded so
+  # that results say how they were made.
+  c.recipe = "ours"
   c.seed = 0
 
   c.model = ml_collections.ConfigDict()
@@ -132,6 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
   # in bfloat16; parameters, optimiser state, normalisation statistics and the
   # loss in float32). 'float32': everything in float32.
   c.model.precision = "float32"
+  # A new classifier starts at 'zeros' (BiT) or as PyTorch initialises a new
+  # layer ('pytorch': the seed's fine-tuning).
+  c.model.head_init = "zeros"
 
   # Start from a pre-trained model (fine-tuning or continual pre-training):
   # a workdir of ours (orbax), a BiT .npz or a PyTorch BiT model.pth.tar.
@@ -139,6 +155,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = ml_collections.ConfigDict()
   c.init.checkpoint = ""
   c.init.dont_load = ()  # Regexes over names like 'head/kernel'.
+  # A run of ours as init.checkpoint: its best-validation checkpoint if it
+  # kept one, else its latest (RUN:latest / RUN:best choose). Its inputs'
+  # config.data.normalization must be this run's unless this is True.
+  c.init.allow_normalization_change = False
   # BiT-HyperRule fills every schedule, resolution and MixUp key left unset
   # (None) from the training-set size and image size (see hyperrule.py).
   c.hyperrule = False
@@ -160,6 +180,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.decay_type = "step"  # 'step', 'cosine' or 'constant'.
   c.schedule.warmup_steps = config_dict.placeholder(int)
   c.schedule.warmup_epochs = config_dict.placeholder(float)
+  # Warmup ramps linearly from 0 ('zero', BiT) or from peak/K ('lr_over_k':
+  # the seed's Horovod scheduler, K = its number of workers; None = this
+  # run's device count, recorded in config.json) up to the peak.
+  c.schedule.warmup_start = "zero"
+  c.schedule.warmup_k = config_dict.placeholder(int)
   c.schedule.decay_steps = config_dict.placeholder(tuple)
   c.schedule.decay_epochs = config_dict.placeholder(tuple)
   c.schedule.decay_factor = 0.1
@@ -170,8 +195,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.momentum = 0.9
   c.optim.nesterov = True
   c.optim.weight_decay = 1e-4
+  # 'kernels' (convolution and dense kernels) or 'all' (every parameter,
+  # GroupNorm and biases included: PyTorch SGD's weight_decay, the seed).
+  c.optim.weight_decay_on = "kernels"
   c.optim.agc_clipping = 0.01  # 0 or None disables AGC.
   c.optim.agc_eps = 1e-3
+  # Not clipped: 'head' (the classifier; NFNets, BiT) or 'seed' (every 2-D /
+  # 4-D tensor with as many output units as classes: the seed's rule, which
+  # clips the head's bias).
+  c.optim.agc_exclude = "head"
 
   # Reported first in results.json and used by the study tables: a metric of
   # the 'classification' evaluator (accuracy, mean_auc, map or loss); '' =
@@ -192,5 +224,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3
+  # '<eval>/<metric>' (e.g. 'val/loss'): also keep the checkpoint with the
+  # best value (lowest for losses, else highest) in WORKDIR/best/; '' = off.
+  c.checkpoint.best_metric = ""
   c.lock()
   return c

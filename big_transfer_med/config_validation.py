@@ -113,13 +113,16 @@ def _parses(parse: Callable[[Any], Any], failures) -> Callable[[Any], bool]:
 
 
 RULES: Dict[str, Rule] = {
+    "recipe": choice(("ours", "bit", "seed")),
     "seed": integer(0),
     "model.name": Rule("R<depth>x<width> with depth in "
                        f"{sorted(models.DEPTHS)} and width in "
                        f"{list(models.WIDTHS)}, e.g. 'R50x1'",
                        _parses(models.parse_name, (errors.ConfigError, TypeError))),
     "model.precision": choice(sorted(models.PRECISIONS)),
+    "model.head_init": choice(models.HEAD_INITS),
     "init.checkpoint": string(),
+    "init.allow_normalization_change": boolean(),
     "init.dont_load": sequence(Rule("regular expression",
                                         _parses(re.compile, (re.error, TypeError)))),
     "hyperrule": boolean(),
@@ -135,6 +138,7 @@ RULES: Dict[str, Rule] = {
     "data.label_set": choice(sorted(labels.LABEL_SETS)),
     "data.uncertain": choice(labels.UNCERTAIN_POLICIES),
     "data.missing": choice(("mask", "zeros")),
+    "data.no_finding": choice(labels.NO_FINDING_RULES),
     "data.views": sequence(choice(cxr_common.VIEWS), unique=True,
                            nonempty=True),
     "data.weights": sequence(number(0, low_open=True)),
@@ -142,11 +146,13 @@ RULES: Dict[str, Rule] = {
     "data.resolution": integer(1, optional=True),
     "data.resize": integer(1, optional=True),
     "data.channels": choice((1, 3)),
+    "data.normalization": choice(sorted(preprocessing.NORMALIZATIONS)),
     "data.augment": choice(preprocessing.AUGMENTATIONS),
     "data.crop_padding": integer(0),
     "data.shift": number(0, 1),
     "data.scale": number(0, 1, high_open=True),
     "data.rotation": number(0, 180),
+    "data.affine_fill": choice(preprocessing.AFFINE_FILLS),
     "data.eval_batch_size": integer(1, optional=True),
     "data.prefetch": integer(0),
     "data.num_threads": integer(1, optional=True),
@@ -160,6 +166,8 @@ RULES: Dict[str, Rule] = {
     "schedule.decay_type": choice(("step", "cosine", "constant")),
     "schedule.warmup_steps": integer(0, optional=True),
     "schedule.warmup_epochs": number(0, optional=True),
+    "schedule.warmup_start": choice(optim.WARMUP_STARTS),
+    "schedule.warmup_k": integer(1, optional=True),
     "schedule.decay_steps": sequence(integer(0), increasing=True,
                                      optional=True),
     "schedule.decay_epochs": sequence(number(0), increasing=True,
@@ -170,8 +178,10 @@ RULES: Dict[str, Rule] = {
     "optim.momentum": number(0, 1, high_open=True),
     "optim.nesterov": boolean(),
     "optim.weight_decay": number(0),
+    "optim.weight_decay_on": choice(optim.WEIGHT_DECAY_ON),
     "optim.agc_clipping": number(0, optional=True),
     "optim.agc_eps": number(0, low_open=True),
+    "optim.agc_exclude": choice(optim.AGC_EXCLUDE),
     "primary_metric": choice(PRIMARY_METRICS),
     "on_nonfinite": choice(("stop", "skip")),
     "max_consecutive_nonfinite": integer(0),
@@ -179,6 +189,10 @@ RULES: Dict[str, Rule] = {
     "profile_steps": integer(0),
     "checkpoint.every_steps": integer(0),
     "checkpoint.keep": integer(1),
+    "checkpoint.best_metric": Rule(
+        "'' or '<evaluator>/<metric>' of a classification evaluator, e.g. "
+        "'val/loss'", lambda v: isinstance(v, str) and (
+            not v or v.count("/") == 1)),
 }
 
 # The settings of each evaluator type (config.evals.NAME.KEY), one rule per
@@ -256,6 +270,18 @@ def _check_together(values: Dict[str, Any], resolved: bool) -> None:
   if values["data.exclusive"] and not values["data.sources"]:
     _fail("data.exclusive", True, "False unless config.data.sources names "
           "chest X-ray sources")
+  if values["data.normalization"] != "minus_one_one" and (
+      values["data.channels"] != 3):
+    _fail("data.normalization", values["data.normalization"],
+          "'minus_one_one' for config.data.channels=1 (ImageNet statistics "
+          "are per RGB channel)")
+  if values["checkpoint.best_metric"]:
+    name, metric = values["checkpoint.best_metric"].split("/")
+    if values.get(f"evals.{name}.type") != "classification" or (
+        metric not in PRIMARY_METRICS[1:]):
+      _fail("checkpoint.best_metric", values["checkpoint.best_metric"],
+            f"'<evaluator>/<metric>' with a classification evaluator of "
+            f"config.evals and a metric in {list(PRIMARY_METRICS[1:])}")
   if values["hyperrule"] and not resolved:
     return  # BiT-HyperRule fills the keys checked below.
   if not values["data.resolution"]:

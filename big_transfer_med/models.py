@@ -14,6 +14,7 @@ import re
 from typing import Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from input_pipeline import errors
@@ -96,6 +97,27 @@ class BottleneckUnit(nn.Module):
     return y + shortcut
 
 
+# config.model.head_init: how a new classifier starts.
+HEAD_INITS = ("zeros", "pytorch")
+
+
+def _head_initializers(head_init: str, fan_in: int):
+  """(kernel_init, bias_init) of the classifier. 'zeros' is BiT's: training
+  starts from a uniform prediction and the pre-trained features are not
+  disturbed. 'pytorch' is what a freshly built torch.nn.Conv2d / Linear
+  gets (the seed's fine-tuning): kaiming_uniform(a=sqrt(5)) weights and
+  biases, both U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  if head_init == "zeros":
+    return nn.initializers.zeros, nn.initializers.zeros
+  if head_init != "pytorch":
+    raise errors.ConfigError(f"config.model.head_init={head_init!r}: "
+                             f"expected one of {HEAD_INITS}.")
+  bound = 1.0 / fan_in**0.5
+  return (nn.initializers.variance_scaling(1.0 / 3, "fan_in", "uniform"),
+          lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+              key, shape, dtype, -bound, bound))
+
+
 class ResNetV2(nn.Module):
   """BiT ResNet-v2. Returns logits, or pre-logit features if `pre_logits`.
 
@@ -107,6 +129,7 @@ class ResNetV2(nn.Module):
   width: int = 1
   num_classes: Optional[int] = None
   dtype: Optional[jnp.dtype] = None
+  head_init: str = "zeros"  # HEAD_INITS.
 
   @nn.compact
   def __call__(self, images, *, pre_logits: bool = False,
@@ -131,10 +154,11 @@ class ResNetV2(nn.Module):
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if pre_logits or not self.num_classes:
       return features
-    # BiT initialises the (new) classifier to zero: training starts from a
-    # uniform prediction and the pre-trained features are not disturbed.
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                    dtype=jnp.float32, name="head")(features)
+    kernel_init, bias_init = _head_initializers(self.head_init,
+                                                features.shape[-1])
+    return nn.Dense(self.num_classes, kernel_init=kernel_init,
+                    bias_init=bias_init, dtype=jnp.float32,
+                    name="head")(features)
 
 
 def parse_name(name: str):
@@ -149,13 +173,15 @@ def parse_name(name: str):
 
 
 def get_model(name: str, num_classes: Optional[int],
-              precision: str = "float32") -> ResNetV2:
-  """Returns the BiT ResNet-v2 `name` ('R26x1' ... 'R152x4') with a head,
-  computing in `precision` (a key of PRECISIONS, config.model.precision)."""
+              precision: str = "float32", head_init: str = "zeros"
+              ) -> ResNetV2:
+  """Returns the BiT ResNet-v2 `name` ('R26x1' ... 'R152x4') with a head
+  initialised as `head_init` (HEAD_INITS), computing in `precision` (a key
+  of PRECISIONS, config.model.precision)."""
   depth, width = parse_name(name)
   if precision not in PRECISIONS:
     raise errors.ConfigError(
         f"config.model.precision={precision!r} is not one of "
         f"{sorted(PRECISIONS)}.")
   return ResNetV2(depths=DEPTHS[depth], width=width, num_classes=num_classes,
-                  dtype=PRECISIONS[precision])
+                  dtype=PRECISIONS[precision], head_init=head_init)

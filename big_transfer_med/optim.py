@@ -8,6 +8,9 @@ from flax import traverse_util
 from input_pipeline import errors
 
 HEAD = "head"
+WARMUP_STARTS = ("zero", "lr_over_k")  # config.schedule.warmup_start.
+WEIGHT_DECAY_ON = ("kernels", "all")  # config.optim.weight_decay_on.
+AGC_EXCLUDE = ("head", "seed")  # config.optim.agc_exclude.
 
 
 def check_steps_or_epochs(steps_key: str, steps, epochs_key: str,
@@ -49,9 +52,12 @@ def scaled_learning_rate(base_lr: float, batch_size: int,
 def create_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0,
                     decay_type: str = "step",
                     decay_boundaries: Sequence[int] = (),
-                    decay_factor: float = 0.1) -> optax.Schedule:
-  """Linear warmup from 0, then step decay (x`decay_factor` at boundaries) or cosine."""
-  warmup = optax.linear_schedule(0.0, peak_lr, max(warmup_steps, 1))
+                    decay_factor: float = 0.1,
+                    warmup_start_lr: float = 0.0) -> optax.Schedule:
+  """Linear warmup from `warmup_start_lr` (the seed: peak / K), then step
+  decay (x`decay_factor` at boundaries), cosine or constant."""
+  warmup = optax.linear_schedule(warmup_start_lr, peak_lr,
+                                 max(warmup_steps, 1))
   if decay_type == "step":
     bad = [b for b in decay_boundaries if not warmup_steps <= b <= total_steps]
     if bad:
@@ -87,6 +93,19 @@ def not_head_mask(params):
   return _mask(params, lambda path: path[0] != HEAD)
 
 
+def seed_agc_mask(params):
+  """The seed code's AGC rule (its optim/sgd_agc.py): every tensor is
+  clipped except 2-D / 4-D ones with as many output units as the model has
+  classes (PyTorch's shape[0]; our kernels keep output units last). So the
+  head's kernel is not clipped, its bias is, and so would be a body kernel
+  that happens to have num_classes output channels."""
+  num_classes = params[HEAD]["kernel"].shape[-1]
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({
+      k: not (v.ndim in (2, 4) and v.shape[-1] == num_classes)
+      for k, v in flat.items()})
+
+
 def kernel_mask(params):
   """True for convolution and dense kernels (weight decay targets)."""
   return _mask(params, lambda path: path[-1] == "kernel")
@@ -95,18 +114,29 @@ def kernel_mask(params):
 def create_optimizer(schedule: optax.Schedule, momentum: float = 0.9,
                      nesterov: bool = True, weight_decay: float = 0.0,
                      agc_clipping: Optional[float] = 0.01,
-                     agc_eps: float = 1e-3) -> optax.GradientTransformation:
-  """SGD(momentum) with AGC on every layer but the head and L2 weight decay.
+                     agc_eps: float = 1e-3, weight_decay_on: str = "kernels",
+                     agc_exclude: str = "head"
+                     ) -> optax.GradientTransformation:
+  """SGD(momentum) with AGC and L2 weight decay.
 
   Order: AGC on the raw gradient (NFNets), then decay added to the gradient
-  (as in the PyTorch SGD used by the seed code, on kernels only), then momentum.
+  (as in the PyTorch SGD used by the seed code), then momentum. AGC skips
+  the head (`agc_exclude='head'`) or what the seed skipped ('seed');
+  decay applies to kernels ('kernels') or to every parameter ('all').
   """
+  if weight_decay_on not in WEIGHT_DECAY_ON or agc_exclude not in AGC_EXCLUDE:
+    raise errors.ConfigError(
+        f"config.optim.weight_decay_on={weight_decay_on!r} / "
+        f"config.optim.agc_exclude={agc_exclude!r}: expected one of "
+        f"{WEIGHT_DECAY_ON} / {AGC_EXCLUDE}.")
   parts = []
   if agc_clipping:
-    parts.append(optax.masked(optax.adaptive_grad_clip(agc_clipping, agc_eps),
-                              not_head_mask))
+    parts.append(optax.masked(
+        optax.adaptive_grad_clip(agc_clipping, agc_eps),
+        not_head_mask if agc_exclude == "head" else seed_agc_mask))
   if weight_decay:
-    parts.append(optax.add_decayed_weights(weight_decay, mask=kernel_mask))
+    parts.append(optax.add_decayed_weights(
+        weight_decay, mask=kernel_mask if weight_decay_on == "kernels" else None))
   parts.append(optax.sgd(schedule, momentum=momentum or None,
                          nesterov=nesterov and bool(momentum)))
   # A step with a non-finite gradient leaves parameters and optimiser state
@@ -125,13 +155,24 @@ def from_config(config: ml_collections.ConfigDict, steps_per_epoch: float):
   s = config.schedule
   peak_lr = scaled_learning_rate(config.optim.base_lr, config.batch_size,
                                  config.optim.reference_batch_size)
+  if s.warmup_start not in WARMUP_STARTS:
+    raise errors.ConfigError(
+        f"config.schedule.warmup_start={s.warmup_start!r}: expected one of "
+        f"{WARMUP_STARTS}.")
+  if s.warmup_start == "lr_over_k" and not s.warmup_k:
+    raise errors.ConfigError(
+        "config.schedule.warmup_start='lr_over_k' needs config.schedule."
+        "warmup_k (the trainer fills in the device count when it is None).")
   schedule = create_schedule(
       peak_lr, total_steps,
       warmup_steps=steps_from(s, "warmup", steps_per_epoch, 0),
       decay_type=s.decay_type,
       decay_boundaries=steps_from(s, "decay", steps_per_epoch, ()),
-      decay_factor=s.decay_factor)
+      decay_factor=s.decay_factor,
+      warmup_start_lr=(peak_lr / s.warmup_k if s.warmup_start == "lr_over_k"
+                       else 0.0))
   o = config.optim
   optimizer = create_optimizer(schedule, o.momentum, o.nesterov,
-                               o.weight_decay, o.agc_clipping, o.agc_eps)
+                               o.weight_decay, o.agc_clipping, o.agc_eps,
+                               o.weight_decay_on, o.agc_exclude)
   return optimizer, schedule, int(total_steps)

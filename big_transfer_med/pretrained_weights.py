@@ -109,33 +109,99 @@ def _from_bit_name(name: str) -> Optional[str]:
           f"{_BIT_TO_PARAM.get(param, param)}")
 
 
-# The BiT PyTorch model (and the seed paper's): root.conv, body.blockN.unitXX.
-# {gn1,conv1,gn2,conv2,gn3,conv3,downsample}, before_head.gn (head.gn in
-# Google's bit_pytorch), head.conv; OIHW kernels. 'module.' from DataParallel.
+# PyTorch names, OIHW kernels, the head a 1x1 convolution, in two families:
+#   'seed': Google's bit_pytorch model (and the seed paper's model.pth.tar):
+#     root.conv, body.blockN.unitXX.{gn1,conv1,gn2,conv2,gn3,conv3,downsample},
+#     head.gn (before_head.gn in some copies), head.conv;
+#   'timm': timm's resnetv2_<depth>x<width>_bit: stem.conv,
+#     stages.I.blocks.J.{norm1,conv1,norm2,conv2,norm3,conv3,downsample.conv},
+#     norm, head.fc.
+# 'module.' prefixes (DataParallel) are dropped when reading.
+TORCH_STYLES = ("seed", "timm")
+_TORCH_LAYERS = {  # Our layer -> its name in each style.
+    "gn1": ("gn1", "norm1"), "conv1": ("conv1", "conv1"),
+    "gn2": ("gn2", "norm2"), "conv2": ("conv2", "conv2"),
+    "gn3": ("gn3", "norm3"), "conv3": ("conv3", "conv3"),
+    "conv_proj": ("downsample", "downsample.conv"),
+}
+_TORCH_TOP = {  # Our top-level layer -> (seed, timm) prefix.
+    "root_block": ("root.conv", "stem.conv"),
+    "norm_pre_head": ("head.gn", "norm"),
+    "head": ("head.conv", "head.fc"),
+}
+_TORCH_PARAM_NAME = {"scale": "weight", "bias": "bias", "kernel": "weight"}
+
+
+def _torch_name(path, style: str) -> str:
+  """PyTorch name (TORCH_STYLES) of a flattened path of our params."""
+  i = TORCH_STYLES.index(style)
+  param = _TORCH_PARAM_NAME[path[-1]]
+  if path[0] in _TORCH_TOP:
+    return f"{_TORCH_TOP[path[0]][i]}.{param}"
+  block, unit = (int(g) for g in _UNIT_RE.match(path[0]).groups())
+  layer = _TORCH_LAYERS[path[1]][i]
+  if style == "seed":
+    return f"body.block{block}.unit{unit:02d}.{layer}.{param}"
+  return f"stages.{block - 1}.blocks.{unit - 1}.{layer}.{param}"
+
+
+def torch_state_dict(params: Dict[str, Any], style: str
+                     ) -> Dict[str, np.ndarray]:
+  """`params` as a float32 PyTorch state dict of `style` (TORCH_STYLES)."""
+  if style not in TORCH_STYLES:
+    raise errors.ConfigError(f"PyTorch style {style!r}: expected one of "
+                             f"{TORCH_STYLES}.")
+  out = {}
+  for path, value in traverse_util.flatten_dict(jax.device_get(params)).items():
+    value = np.asarray(value, np.float32)
+    if path == ("head", "kernel"):
+      value = value.T[:, :, None, None]  # Dense [C, N] -> 1x1 conv [N, C, 1, 1].
+    elif value.ndim == 4:
+      value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW.
+    out[_torch_name(path, style)] = np.ascontiguousarray(value)
+  return out
+
+
+def _reverse_torch_names():
+  """{torch layer name in any style: (our top layer or None, our layer)}."""
+  table = {}
+  for ours, names in _TORCH_TOP.items():
+    for name in names:
+      table[name] = (ours, None)
+  table["before_head.gn"] = ("norm_pre_head", None)
+  return table
+
+
+_TORCH_TOP_TO_OURS = _reverse_torch_names()
 _TORCH_UNIT_RE = re.compile(
-    r"^body\.block(\d+)\.unit(\d+)\.(gn[123]|conv[123]|downsample)"
-    r"(?:\.conv)?\.(weight|bias)$")
-_TORCH_PARAM = {"gn": {"weight": "scale", "bias": "bias"},
-                "conv": {"weight": "kernel", "bias": "bias"}}
+    r"^(?:body\.block(\d+)\.unit(\d+)|stages\.(\d+)\.blocks\.(\d+))\."
+    r"(gn[123]|norm[123]|conv[123]|downsample(?:\.conv)?)\.(weight|bias)$")
+_TORCH_LAYER_TO_OURS = {name: ours for ours, names in _TORCH_LAYERS.items()
+                        for name in names}
+_TORCH_LAYER_TO_OURS["downsample.conv"] = "conv_proj"  # Also in seed copies.
 
 
 def _from_torch_name(name: str) -> Optional[str]:
+  """Our flat name of a PyTorch name of either style (None if unknown)."""
   name = name[len("module."):] if name.startswith("module.") else name
-  if name == "root.conv.weight":
-    return "root_block/kernel"
-  for prefix in ("before_head.gn.", "head.gn."):
-    if name.startswith(prefix):
-      param = _TORCH_PARAM["gn"].get(name[len(prefix):])
-      return f"norm_pre_head/{param}" if param else None
-  if name in ("head.conv.weight", "head.conv.bias"):
-    return "head/" + _TORCH_PARAM["conv"][name.rsplit(".", 1)[1]]
+  prefix, _, param = name.rpartition(".")
+  if prefix in _TORCH_TOP_TO_OURS:
+    ours = _TORCH_TOP_TO_OURS[prefix][0]
+    if ours == "root_block":
+      return "root_block/kernel" if param == "weight" else None
+    if ours == "head":
+      return f"head/{'kernel' if param == 'weight' else param}"
+    return f"norm_pre_head/{'scale' if param == 'weight' else param}"
   match = _TORCH_UNIT_RE.match(name)
   if not match:
     return None
-  block, unit, layer, param = match.groups()
-  ours = "conv_proj" if layer == "downsample" else layer
-  return (f"block{int(block)}_unit{int(unit):02d}/{ours}/"
-          f"{_TORCH_PARAM[ours[:-1] if ours.startswith('gn') else 'conv'][param]}")
+  seed_block, seed_unit, timm_stage, timm_block, layer, param = match.groups()
+  block, unit = ((int(seed_block), int(seed_unit)) if seed_block else
+                 (int(timm_stage) + 1, int(timm_block) + 1))
+  ours = _TORCH_LAYER_TO_OURS[layer]
+  kind = ("kernel" if param == "weight" else "bias") if ours.startswith(
+      "conv") else ("scale" if param == "weight" else "bias")
+  return f"block{block}_unit{unit:02d}/{ours}/{kind}"
 
 
 def _from_torch_array(name: str, value: np.ndarray) -> np.ndarray:
@@ -147,24 +213,24 @@ def _from_torch_array(name: str, value: np.ndarray) -> np.ndarray:
   return value
 
 
-def _read_run_params(path: str) -> Dict[str, np.ndarray]:
-  """Params of the latest checkpoint of a run of ours."""
-  return {"/".join(k): v for k, v in traverse_util.flatten_dict(
-      run_dir.load_variables(path)["params"]).items()}
-
-
-def read_pretrained(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+def read_pretrained(spec: str
+                    ) -> Tuple[Dict[str, np.ndarray], Dict[str, str], str]:
   """Reads any supported checkpoint into ({our flat name: array}, {our name:
-  name in the file}); tensors without a model name keep their file name.
+  name in the file}, what was read); tensors without a model name keep their
+  file name.
 
-  Formats: a workdir of ours (orbax), a BiT .npz, a PyTorch BiT state dict
-  (.pth/.pt/.tar/.bin; under key 'model' if it is a training checkpoint).
+  Formats: a workdir of ours (orbax; RUN = its best checkpoint if it kept
+  one, else its latest; RUN:best, RUN:latest), a BiT .npz, a PyTorch BiT
+  state dict (.pth/.pt/.tar/.bin; under key 'model' if it is a training
+  checkpoint).
   """
-  if not os.path.exists(path):
+  path, choice = run_dir.split_choice(spec)
+  if not os.path.exists(path) or (choice and not os.path.isdir(path)):
     raise errors.CheckpointMismatchError(
-        f"config.init.checkpoint={path!r} does not exist.")
+        f"config.init.checkpoint={spec!r}: {path!r} does not exist" +
+        (" as a run directory" if os.path.exists(path) else "") + ".")
   try:
-    return _read_pretrained(path)
+    return _read_pretrained(path, choice)
   except errors.UserError:
     raise
   except _UNREADABLE as e:
@@ -180,10 +246,12 @@ _UNREADABLE = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile,
                pickle.UnpicklingError)
 
 
-def _read_pretrained(path: str):
+def _read_pretrained(path: str, choice: str):
   if os.path.isdir(path):
-    arrays = _read_run_params(path)
-    return arrays, {k: k for k in arrays}
+    variables, source = run_dir.read_checkpoint(path, choice)
+    arrays = {"/".join(k): v for k, v in
+              traverse_util.flatten_dict(variables["params"]).items()}
+    return arrays, {k: k for k in arrays}, source
   if path.endswith(".npz"):
     raw, convert = read_bit_npz(path), _from_bit_name
     to_array = lambda ours, v: _from_bit_array(  # noqa: E731
@@ -200,20 +268,23 @@ def _read_pretrained(path: str):
     ours = convert(name)
     arrays[ours or name] = to_array(ours, value) if ours else value
     file_names[ours or name] = name
-  return arrays, file_names
+  return arrays, file_names, path
 
 
 def load_pretrained(path: str, params: Dict[str, Any],
                     dont_load: Sequence[str] = ()
                     ) -> Tuple[Dict[str, Any], Dict[str, List[str]]]:
   """Returns `params` with every tensor taken from the checkpoint at `path`,
-  and a report {loaded, skipped (in the file, unused), initialised}.
+  and a report {loaded, skipped (in the file, unused), initialised: names;
+  checkpoint: what was read}.
 
   The head keeps its fresh (zero) initialisation when its shape differs (a
   new class count); names matching a `dont_load` regex stay fresh too. Any
   other missing, unexpected or wrongly-shaped tensor is an error naming them.
   """
-  return _fit(path, *read_pretrained(path), params, dont_load)
+  arrays, file_names, source = read_pretrained(path)
+  params, report = _fit(path, arrays, file_names, params, dont_load)
+  return params, dict(report, checkpoint=source)
 
 
 def _fit(path: str, arrays: Dict[str, np.ndarray], file_names: Dict[str, str],
@@ -278,7 +349,7 @@ def load_bit_npz(path: str, model_name: str) -> Dict[str, Any]:
   if not path.endswith(".npz"):
     raise errors.CheckpointMismatchError(
         f"{path} is not a .npz file; load_pretrained reads every format.")
-  arrays, file_names = read_pretrained(path)  # Read once: files are large.
+  arrays, file_names, _ = read_pretrained(path)  # Read once: files are large.
   head, root = arrays.get("head/kernel"), arrays.get("root_block/kernel")
   template = params_template(
       model_name, None if head is None else head.shape[-1],

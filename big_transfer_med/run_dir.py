@@ -5,11 +5,13 @@ config.json (checked on resume), and reading a finished run back.
   WORKDIR/labels.json   {'label_names': [...], 'multi_label': bool}
   WORKDIR/results.json  the final summary
   WORKDIR/checkpoints/  orbax CheckpointManager of the train state
+  WORKDIR/best/         the variables at the best config.checkpoint.best_metric
 """
 import json
+import math
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import flax
 import jax
@@ -28,6 +30,10 @@ RESULTS_FILE = "results.json"
 LABELS_FILE = "labels.json"
 FEWSHOT_FILE = "fewshot_examples.json"
 CHECKPOINTS = "checkpoints"
+BEST = "best"
+# How a run is named as a checkpoint to read: RUN (its best checkpoint if it
+# kept one, else its latest), RUN:best or RUN:latest.
+CHOICES = ("best", "latest")
 
 
 def write_json(path: str, obj) -> None:
@@ -68,6 +74,59 @@ class CheckpointStore:
     tree = flax.serialization.to_state_dict(state)
     return self._manager.save(step, args=ocp.args.StandardSave(tree),
                               force=force)
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+class BestCheckpoint:
+  """orbax CheckpointManager (WORKDIR/best/) of the variables at the step
+  where `metric` ('<evaluator>/<metric>') was best: lowest for a loss,
+  highest otherwise. The best value so far is read back from orbax's own
+  metrics record, so a resumed run keeps comparing against it."""
+
+  def __init__(self, workdir: str, metric: str):
+    self.metric = metric
+    self._evaluator, self._key = metric.split("/")
+    self._lower_is_better = self._key == "loss"
+    self._manager = ocp.CheckpointManager(
+        os.path.join(workdir, BEST),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda m: m[metric],
+            best_mode="min" if self._lower_is_better else "max",
+            create=True, cleanup_tmp_directories=True))
+
+  def best(self) -> Tuple[Any, Any]:
+    """(step, value) of the kept checkpoint, or (None, None)."""
+    step = self._manager.best_step()
+    if step is None:
+      return None, None
+    return step, self._manager.metrics(step)[self.metric]
+
+  def offer(self, step: int, results: Dict[str, Dict[str, Any]],
+            get_state: Callable[[], Any]) -> bool:
+    """Keeps the variables of `get_state()` (called only then) if `results`
+    (by evaluator) hold a finite value of the metric better than the kept
+    one. A step at or before the kept one (a resumed run evaluating again)
+    never replaces it."""
+    if self._key not in results.get(self._evaluator, {}):
+      return False
+    value = float(results[self._evaluator][self._key])
+    best_step, best_value = self.best()
+    if not math.isfinite(value) or (best_step is not None and (
+        step <= best_step or (value >= best_value if self._lower_is_better
+                              else value <= best_value))):
+      return False
+    state = jax.device_get(get_state())
+    tree = {"step": state.step, "params": state.params,
+            "model_state": state.model_state}
+    self._manager.save(step, args=ocp.args.StandardSave(tree),
+                       metrics={self.metric: value}, force=True)
+    # Rare (improvements only): wait, so the metrics record the next
+    # comparison reads is on disk.
+    self._manager.wait_until_finished()
+    return True
 
   def close(self):
     self._manager.wait_until_finished()
@@ -153,11 +212,43 @@ def load_labels(workdir: str) -> Dict[str, Any]:
   return _read_json(workdir, LABELS_FILE)
 
 
-def _read_latest(path: str) -> Dict[str, Any]:
-  """The raw state dict of the latest checkpoint of a run of ours (`path` is
-  its workdir or checkpoints/ folder)."""
+def split_choice(spec: str) -> Tuple[str, str]:
+  """('RUN', 'best' | 'latest' | '') of 'RUN:best', 'RUN:latest' or 'RUN'."""
+  path, sep, choice = spec.rpartition(":")
+  return (path, choice) if sep and choice in CHOICES else (spec, "")
+
+
+def run_of(path: str) -> str:
+  """The workdir of `path`, a workdir or its checkpoints/ or best/ folder."""
+  path = os.path.normpath(path)
+  return (os.path.dirname(path) if os.path.basename(path) in (CHECKPOINTS, BEST)
+          else path)
+
+
+def _checkpoint_folder(path: str, choice: str) -> Tuple[str, str]:
+  """(orbax folder, 'best' | 'latest') that `path` and `choice` name; ''
+  chooses the best checkpoint when the run kept one."""
+  name = os.path.basename(os.path.normpath(path))
+  if name in (CHECKPOINTS, BEST):  # A checkpoint folder names itself.
+    return path, "best" if name == BEST else "latest"
+  best = os.path.join(path, BEST)
+  has_best = os.path.isdir(best) and any(n.isdigit() for n in os.listdir(best))
+  if choice == "best" and not has_best:
+    raise errors.CheckpointMismatchError(
+        f"{path}:best: the run kept no best checkpoint (its config.checkpoint."
+        "best_metric was ''); name its latest one: RUN:latest.")
+  if choice == "best" or (not choice and has_best):
+    return best, "best"
   directory = os.path.join(path, CHECKPOINTS)
-  directory = directory if os.path.isdir(directory) else path
+  return (directory if os.path.isdir(directory) else path), "latest"
+
+
+def read_checkpoint(path: str, choice: str = "latest"
+                    ) -> Tuple[Dict[str, Any], str]:
+  """(model variables as numpy arrays, what was read: 'FOLDER (best, step
+  N)') of a run of ours: `path` is its workdir or checkpoint folder, `choice`
+  'latest', 'best' or '' (best if the run kept one, else latest)."""
+  directory, kind = _checkpoint_folder(path, choice)
   manager = ocp.CheckpointManager(os.path.abspath(directory))
   step = manager.latest_step()
   if step is None:
@@ -166,14 +257,31 @@ def _read_latest(path: str) -> Dict[str, Any]:
         "its checkpoints/ folder), a .npz or a .pth.tar.")
   restored = manager.restore(step)
   manager.close()
-  logging.info("Read the checkpoint of %s at step %d.", directory, step)
-  return restored
-
-
-def load_variables(workdir: str) -> Dict[str, Any]:
-  """The model variables ({'params': ..., other collections}) of the run's
-  latest checkpoint (`workdir` or its checkpoints/ folder), as numpy arrays."""
-  restored = _read_latest(workdir)
+  logging.info("Read the %s checkpoint of %s at step %d.", kind, directory,
+               step)
   variables = {"params": restored["params"],
                **(restored.get("model_state") or {})}
-  return jax.tree.map(np.asarray, variables)
+  return jax.tree.map(np.asarray, variables), f"{directory} ({kind}, step {step})"
+
+
+def load_variables(workdir: str, choice: str = "latest") -> Dict[str, Any]:
+  """The model variables ({'params': ..., other collections}) of a run's
+  checkpoint (read_checkpoint), as numpy arrays."""
+  return read_checkpoint(workdir, choice)[0]
+
+
+def check_init_normalization(config) -> None:
+  """Refuses to start from a run of ours (config.init.checkpoint) whose
+  inputs were normalised otherwise than config.data.normalization."""
+  run = run_of(split_choice(config.init.checkpoint)[0])
+  if (config.init.allow_normalization_change or not os.path.isfile(
+      os.path.join(run, CONFIG_FILE))):
+    return
+  theirs = load_config(run).data.normalization
+  if theirs != config.data.normalization:
+    raise errors.ConfigError(
+        f"config.init.checkpoint={config.init.checkpoint!r} was trained on "
+        f"inputs normalised as {theirs!r} ({os.path.join(run, CONFIG_FILE)}) "
+        f"but config.data.normalization={config.data.normalization!r}: set "
+        f"--config.data.normalization={theirs}, or pass --config.init."
+        "allow_normalization_change=True to fine-tune across the change.")

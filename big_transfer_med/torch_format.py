@@ -1,5 +1,5 @@
-"""Reads tensors from PyTorch `torch.save` files without PyTorch, never unpickling
-anything but tensors.
+"""Reads and writes tensors in PyTorch's `torch.save` format without PyTorch,
+never unpickling anything but tensors.
 
 A torch.save file (PyTorch >= 1.6) is a zip: `<archive>/data.pkl` pickles the
 object tree and each tensor's storage is the raw little-endian bytes of
@@ -7,8 +7,18 @@ object tree and each tensor's storage is the raw little-endian bytes of
 resolves an allow-list of globals (tensor rebuild functions, storage types,
 OrderedDict); anything else fails with an error naming it. This keeps a
 ~2 GB PyTorch install out of a JAX codebase that only needs the weights.
+
+`save` writes what torch.save writes for a dict of float32 tensors (and
+plain numbers/strings): data.pkl (protocol 2) whose tensors are
+torch._utils._rebuild_tensor_v2(persistent storage ('storage',
+torch.FloatStorage, key, 'cpu', numel), offset, size, stride, requires_grad,
+OrderedDict()), raw little-endian storages under data/<key>, version and
+byteorder; torch.load(weights_only=True) reads it. The committed
+tests/testdata/torch/real_checkpoint.pth.tar, written by real PyTorch,
+checks the reader against the genuine article.
 """
 import collections
+import io
 import pickle
 import zipfile
 from typing import Any, Dict
@@ -16,6 +26,7 @@ from typing import Any, Dict
 import ml_dtypes
 import numpy as np
 
+from big_transfer_med import atomic_files
 from input_pipeline import errors
 
 _STORAGE_DTYPES = {
@@ -116,3 +127,75 @@ def load_state_dict(path: str, key: str = "model") -> Dict[str, np.ndarray]:
         f"{path}: expected a state dict of tensors (or one under {key!r}); "
         f"found {type(tree).__name__} with keys {list(tree)[:5] if isinstance(tree, dict) else '-'}.")
   return dict(tree)
+
+
+class _GlobalRef:
+  """Pickled as a reference to module.name (which need not be importable)."""
+
+  def __init__(self, module: str, name: str):
+    self.module, self.name = module, name
+
+  def __call__(self, *args):  # pickle requires reduce functions be callable.
+    raise NotImplementedError
+
+
+class _StorageRecord:
+
+  def __init__(self, key: str, array: np.ndarray):
+    self.key, self.array = key, array
+
+
+class _TensorRecord:
+
+  def __init__(self, storage: _StorageRecord, shape):
+    self.storage, self.shape = storage, tuple(shape)
+
+  def __reduce__(self):
+    strides = tuple(int(np.prod(self.shape[i + 1:]))
+                    for i in range(len(self.shape)))
+    return (_GlobalRef("torch._utils", "_rebuild_tensor_v2"),
+            (self.storage, 0, self.shape, strides, False,
+             collections.OrderedDict()))
+
+
+class _TorchPickler(pickle._Pickler):  # pylint: disable=protected-access
+  dispatch = pickle._Pickler.dispatch.copy()  # pylint: disable=protected-access
+
+  def save_ref(self, obj):
+    self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+
+  dispatch[_GlobalRef] = save_ref
+
+  def persistent_id(self, obj):
+    if isinstance(obj, _StorageRecord):
+      return ("storage", _GlobalRef("torch", "FloatStorage"), obj.key, "cpu",
+              obj.array.size)
+    return None
+
+
+def save(tree, path: str, archive: str = "archive") -> None:
+  """Saves a (nested) dict whose array leaves become float32 tensors, as
+  torch.save does; atomically (an existing file is replaced only by a
+  complete one)."""
+  storages = []
+
+  def convert(node):
+    if isinstance(node, dict):
+      return collections.OrderedDict((k, convert(v)) for k, v in node.items())
+    if isinstance(node, np.ndarray):
+      storage = _StorageRecord(str(len(storages)),
+                         np.ascontiguousarray(node, np.float32))
+      storages.append(storage)
+      return _TensorRecord(storage, node.shape)
+    return node
+
+  buffer = io.BytesIO()
+  _TorchPickler(buffer, protocol=2).dump(convert(tree))
+  with atomic_files.open_atomically(path, "wb") as f, zipfile.ZipFile(
+      f, "w") as z:
+    z.writestr(f"{archive}/data.pkl", buffer.getvalue())
+    z.writestr(f"{archive}/byteorder", "little")
+    for storage in storages:
+      z.writestr(f"{archive}/data/{storage.key}",
+                 storage.array.astype("<f4").tobytes())
+    z.writestr(f"{archive}/version", "3\n")

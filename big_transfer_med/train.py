@@ -129,8 +129,11 @@ def _classification_eval(config) -> Tuple[str, Any]:
 
 def resolve_config(config, data) -> ml_collections.ConfigDict:
   """The run's final config: BiT-HyperRule applied (if asked) from the data's
-  size, the primary metric chosen, and what they leave checked."""
+  size, the seed's warmup K and the primary metric chosen, and what they
+  leave checked."""
   config = hyperrule.apply(config, len(data.train), data.image_size)
+  if config.schedule.warmup_start == "lr_over_k" and not config.schedule.warmup_k:
+    config.schedule.warmup_k = jax.device_count()
   config_validation.validate(config, resolved=True)
   name, settings = _classification_eval(config)
   reported = [] if name is None else (
@@ -164,10 +167,12 @@ def _initial_state(config, model, optimizer, image_shape, workdir: str):
   if (store and store.latest_step() is not None) or not config.init.checkpoint:
     return state, store, None
   # Before anything is written: a checkpoint that does not fit fails here.
+  run_dir.check_init_normalization(config)
   params, report = pretrained_weights.load_pretrained(
       config.init.checkpoint, state.params, tuple(config.init.dont_load))
-  logging.info("Initialised from %s: %d tensors loaded, %d initialised (%s), "
+  logging.info("Initialised from %s (%s): %d tensors loaded, %d initialised (%s), "
                "%d in the file skipped (%s).", config.init.checkpoint,
+               report["checkpoint"],
                len(report["loaded"]), len(report["initialised"]),
                ", ".join(report["initialised"]) or "-", len(report["skipped"]),
                ", ".join(report["skipped"][:10]) or "-")
@@ -208,6 +213,12 @@ def _run_evals(evals, state, step: int, writer, periodic: bool
   return results
 
 
+def _keep_if_best(best, step: int, results, state) -> None:
+  """Offers the state to the best-checkpoint store (if the run keeps one)."""
+  if best and best.offer(step, results, lambda: parallel.unreplicate(state)):
+    logging.info("Kept step %d as the best %s.", step, best.metric)
+
+
 def _summary(config, data, results, state, init_report) -> Dict[str, Any]:
   """What results.json holds: the classification evaluator's metrics as
   `metrics`, the few-shot probes' as `fewshot`, and what the run was."""
@@ -228,6 +239,7 @@ def _summary(config, data, results, state, init_report) -> Dict[str, Any]:
       "data": "+".join(c.sources) if c.sources else c.name,
       "label_set": c.label_set if c.sources else None,
       "eval_split": c.eval_split, "model": config.model.name,
+      "recipe": config.recipe,
       "seed": config.seed, "init_checkpoint": config.init.checkpoint or None,
       "examples_per_class": c.examples_per_class or None,
       "fewshot_seed": c.fewshot_seed if c.examples_per_class else None,
@@ -237,8 +249,10 @@ def _summary(config, data, results, state, init_report) -> Dict[str, Any]:
           state.opt_state.total_notfinite)),
   }
   if init_report is not None:
-    summary["init"] = {k: len(v) for k, v in init_report.items()}
-    summary["init"]["initialised_names"] = init_report["initialised"]
+    summary["init"] = {k: len(init_report[k])
+                       for k in ("loaded", "skipped", "initialised")}
+    summary["init"].update(initialised_names=init_report["initialised"],
+                           checkpoint=init_report["checkpoint"])
   return summary
 
 
@@ -259,7 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   steps_per_epoch = len(data.train) / config.batch_size
   optimizer, schedule, total_steps = optim.from_config(config, steps_per_epoch)
   model = models.get_model(config.model.name, data.num_classes,
-                           config.model.precision)
+                           config.model.precision, config.model.head_init)
   image_shape = (config.data.resolution, config.data.resolution,
                  config.data.channels)
   evals = evaluators.from_config(config, model, data)
@@ -278,6 +292,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   store = store or run_dir.CheckpointStore(
       workdir, config.checkpoint.every_steps, config.checkpoint.keep)
   _write_run_files(workdir, config, data)
+  best = (run_dir.BestCheckpoint(workdir, config.checkpoint.best_metric)
+          if config.checkpoint.best_metric else None)
   if store.latest_step() is not None:
     state = store.restore(state)
     logging.info("Resumed from the checkpoint at step %d.", int(state.step))
@@ -306,18 +322,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             last_checkpoint=store.latest_step())
     if profile:
       profile(step)
-    if step < total_steps and _run_evals(evals, state, step, writer,
-                                         periodic=True):
+    results = (_run_evals(evals, state, step, writer, periodic=True)
+               if step < total_steps else None)
+    if results:
       log.restart_clock()  # Evaluation time is not training speed.
+      _keep_if_best(best, step, results, state)
     # Unreplicating costs a transfer of the state: only when saving.
     if save_now and store.save(step, parallel.unreplicate(state),
                                force=step == total_steps):
       logging.info("Saved a checkpoint at step %d.", step)
 
   results = _run_evals(evals, state, total_steps, writer, periodic=False)
+  _keep_if_best(best, total_steps, results, state)
   writer.flush()
   store.close()
   summary = _summary(config, data, results, state, init_report)
+  if best:
+    step, value = best.best()
+    summary["best_checkpoint"] = {"metric": best.metric, "step": step,
+                                  "value": value}
+    best.close()
   if jax.process_index() == 0:
     run_dir.write_json(os.path.join(workdir, run_dir.RESULTS_FILE), summary)
   return summary

@@ -14,10 +14,18 @@ Arguments (comma-separated key=value):
   steps, batch, eval_batch, lr, res, resize: override the rule (e.g. for
   CPU demos);
   eval_split: e.g. 'test[:20%]'; data_dir: the TFDS data_dir.
+  recipe  'bit' (default) or 'seed' (below).
 The rule (hyperrule.py): schedule and MixUp from the training-set size,
 resize/crop from the image size; lr 0.003 per 512 images, SGD momentum 0.9,
-no weight decay, zero-initialised new head. Any key can still be overridden
-with --config.key=value.
+no weight decay, zero-initialised new head. recipe=seed is the seed paper's
+finetune.py: the same step counts and MixUp, lr 0.001 per 128 images at
+batch 128, Nesterov momentum + AGC, no weight decay, and a new head as
+PyTorch initialises a fresh Conv2d (random, not zero); padchest_cl on the
+seed's PadChest (cxr_padchest_seed: its views, substring findings and
+90/10 split by image) at 224 px with the CXR augmentation. Inputs are
+normalised as the model's checkpoint expects: --config.data.normalization=
+imagenet for the seed's ImageNet-1k/21k models. Any key can still be
+overridden with --config.key=value.
 """
 from big_transfer_med import config_lib
 from input_pipeline import errors
@@ -37,6 +45,9 @@ TARGETS = {
                      "softmax_xent", "accuracy"),
     "covidx": ({"name": "cxr_covidx", "crop_to_square": True},
                "softmax_xent", "accuracy"),
+    # Kermany et al. 2018 paediatric pneumonia (normal vs pneumonia).
+    "pneumonia": ({"name": "cxr_pneumonia", "crop_to_square": True},
+                  "softmax_xent", "accuracy"),
     # Images with exactly one of the 27 PadChest findings; 27-way softmax.
     "padchest_cl": ({"sources": ("padchest",), "label_set": "padchest27",
                      "exclusive": True, "crop_to_square": True,
@@ -52,7 +63,8 @@ TARGETS = {
 ARGUMENTS = {"target": config_lib.one_of(*sorted(TARGETS)), "init": str,
              "model": str, "shots": int, "seed": int, "steps": int,
              "batch": int, "eval_batch": int, "lr": float, "res": int,
-             "resize": int, "eval_split": str, "data_dir": str}
+             "resize": int, "eval_split": str, "data_dir": str,
+             "recipe": config_lib.one_of("bit", "seed")}
 
 
 def get_config(arg: str = ""):
@@ -82,6 +94,18 @@ def get_config(arg: str = ""):
   c.optim.reference_batch_size = 512
   c.optim.weight_decay = 0.0
   c.schedule.decay_type = "step"
+  c.recipe = args.get("recipe", "bit")
+  if c.recipe == "seed":
+    c.model.head_init = "pytorch"
+    c.batch_size = args.get("batch", 128)
+    c.data.eval_batch_size = args.get("eval_batch", c.batch_size)
+    c.optim.base_lr = args.get("lr", 0.001)
+    c.optim.reference_batch_size = 128
+    if target == "padchest_cl":  # The seed's PadChest, 224 px, CXR affine.
+      c.data.sources, c.data.eval_split = ("padchest_seed",), "validation"
+      c.data.views = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
+      c.data.augment, c.data.affine_fill = "cxr", "reflect_101"
+      c.data.resolution = 224
   if "steps" in args:
     c.total_steps = args["steps"]
   if "data_dir" in args:

@@ -84,6 +84,8 @@ LABEL_SETS: Dict[str, Sequence[str]] = {
     "padchest27": PADCHEST_FINDINGS,
     "union": CANONICAL,
 }
+# config.data.no_finding: what 'No Finding' = 1 makes negative.
+NO_FINDING_RULES = ("unmentioned", "all")
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones", "lsr_zeros", "lsr_ones")
 # Label-smoothing ranges of the CheXpert paper's U-Zeros+LSR / U-Ones+LSR.
 LSR_RANGES = {"lsr_zeros": (0.0, 0.3), "lsr_ones": (0.55, 0.85)}
@@ -128,10 +130,14 @@ class Harmonizer:
   """
 
   def __init__(self, source_label_names: Sequence[str], label_set_name: str,
-               uncertain: str = "ignore", missing: str = "mask"):
+               uncertain: str = "ignore", missing: str = "mask",
+               no_finding: str = "unmentioned"):
     if uncertain not in UNCERTAIN_POLICIES:
       raise errors.ConfigError(f"config.data.uncertain={uncertain!r}: "
                                f"expected one of {UNCERTAIN_POLICIES}.")
+    if no_finding not in NO_FINDING_RULES:
+      raise errors.ConfigError(f"config.data.no_finding={no_finding!r}: "
+                               f"expected one of {NO_FINDING_RULES}.")
     if missing not in ("mask", "zeros"):
       raise errors.ConfigError(f"config.data.missing={missing!r}: expected "
                                "'mask' or 'zeros'.")
@@ -145,6 +151,7 @@ class Harmonizer:
                               if NO_FINDING in source_label_names else None)
     self.uncertain = uncertain
     self.missing = missing
+    self.no_finding = no_finding
 
   def __call__(self, values, rng=None):
     """Returns (labels, mask), both float32 [..., len(label set)], for label
@@ -154,10 +161,13 @@ class Harmonizer:
     """
     values = tf.convert_to_tensor(values, tf.float32)
     if self.no_finding_column is not None:
-      # The seed's rule: No Finding = 1 makes every unmentioned finding negative.
+      # No Finding = 1: the unmentioned findings are negative ('unmentioned');
+      # the seed made every finding negative, a positive one too ('all').
       no_finding = tf.equal(values[..., self.no_finding_column:
                                    self.no_finding_column + 1], 1.0)
-      values = tf.where(no_finding & tf.math.is_nan(values), 0.0, values)
+      if self.no_finding == "unmentioned":
+        no_finding &= tf.math.is_nan(values)
+      values = tf.where(no_finding, 0.0, values)
     annotated = tf.constant(self.columns >= 0)
     picked = tf.gather(values, np.maximum(self.columns, 0), axis=-1)
     picked = tf.where(annotated, picked, tf.constant(np.nan, tf.float32))

@@ -345,8 +345,10 @@ def eval_positions(num_examples: int, global_batch: int, host_id: int,
     yield positions, np.where(positions < num_examples, positions, 0)
 
 
+# Source name -> builder. padchest_seed: PadChest as the seed code formed it.
 CXR_SOURCES = {"chexpert": "cxr_chexpert", "mimic": "cxr_mimic",
-               "nih14": "cxr_nih14", "padchest": "cxr_padchest"}
+               "nih14": "cxr_nih14", "padchest": "cxr_padchest",
+               "padchest_seed": "cxr_padchest_seed"}
 
 
 def _open_classification(c: ml_collections.ConfigDict):
@@ -365,7 +367,8 @@ def _open_cxr(c: ml_collections.ConfigDict):
   builders = [load_builder(f"{CXR_SOURCES[s]}/{c.builder_config}", c.data_dir)
               for s in c.sources]
   harmonizers = [labels_lib.Harmonizer(b.info.metadata["label_names"],
-                                       c.label_set, c.uncertain, c.missing)
+                                       c.label_set, c.uncertain, c.missing,
+                                       c.no_finding)
                  for b in builders]
   return (lambda split: MixedSource([
       CxrSource(b, split, tuple(c.views), h, c.exclusive)

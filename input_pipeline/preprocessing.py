@@ -1,8 +1,8 @@
 """Image preprocessing and augmentation in TF (deterministic: stateless RNG).
 
 Images arrive as decoded [H, W, C] integers (uint8/uint16, full range) or
-floats in [0, 1], and leave as float32 [resolution, resolution, channels] in
-[-1, 1]. Cropping and resizing run on the stored dtype and everything after
+floats in [0, 1], and leave as float32 [resolution, resolution, channels],
+normalised as the model's checkpoint expects (`NORMALIZATIONS`). Cropping and resizing run on the stored dtype and everything after
 on the small resized image, so no full-size float copy is ever made: resizing
 a 512 px uint8 image directly is ~3x faster than converting it first.
 """
@@ -16,6 +16,18 @@ from input_pipeline import errors
 # crop_flip: zero-pad, random crop back, flip; cxr: the seed's affine + flip;
 # bit: resize to data.resize, random crop to data.resolution, flip (HyperRule).
 AUGMENTATIONS = ("none", "flip", "crop_flip", "cxr", "bit")
+# config.data.normalization -> per-channel (mean, std) of [0, 1] pixels.
+# Google's BiT weights and the seed paper's chest X-ray models expect [-1, 1];
+# the seed's ImageNet-1k/21k PyTorch models expect ImageNet's statistics.
+NORMALIZATIONS = {
+    "minus_one_one": ((0.5,), (0.5,)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+# config.data.affine_fill: what the cxr augmentation shows outside the image:
+# black, or the image mirrored about its border without repeating the edge
+# pixel (OpenCV's BORDER_REFLECT_101, albumentations' ShiftScaleRotate
+# default, as the seed code ran it).
+AFFINE_FILLS = ("zeros", "reflect_101")
 
 
 def full_scale(dtype: tf.DType) -> float:
@@ -62,12 +74,16 @@ def random_flip(rng: tf.Tensor) -> tf.Tensor:
 
 def random_affine(image: tf.Tensor, rng: tf.Tensor, shift: float,
                   scale: float, rotation_degrees: float,
-                  flip: tf.Tensor = False) -> tf.Tensor:
+                  flip: tf.Tensor = False, fill: str = "zeros") -> tf.Tensor:
   """Random shift (fraction of the size), scale (1 +- scale) and rotation
-  about the centre, then a left-right flip where `flip`; outside pixels are
-  black. Bilinear sampling. The flip is folded into the same transform (one
-  resampling pass instead of a second copy)."""
-  size = tf.cast(tf.shape(image)[:2], tf.float32)  # (H, W)
+  about the centre, then a left-right flip where `flip`; outside pixels as
+  `fill` (AFFINE_FILLS). Bilinear sampling. The flip is folded into the same
+  transform (one resampling pass instead of a second copy)."""
+  if fill not in AFFINE_FILLS:
+    raise errors.ConfigError(f"config.data.affine_fill={fill!r}: expected "
+                             f"one of {AFFINE_FILLS}.")
+  shape = tf.shape(image)[:2]
+  size = tf.cast(shape, tf.float32)  # (H, W)
   params = tf.random.stateless_uniform([4], rng, -1.0, 1.0)
   angle = params[0] * rotation_degrees * math.pi / 180.0
   zoom = 1.0 + params[1] * scale
@@ -81,12 +97,38 @@ def random_affine(image: tf.Tensor, rng: tf.Tensor, shift: float,
   # Flipping maps output column x to W - 1 - x before the transform.
   sign = tf.where(flip, -1.0, 1.0)
   last = tf.where(flip, size[1] - 1.0, 0.0)
-  transform = tf.stack([sign * cos, sin, offset_x + cos * last,
-                        -sign * sin, cos, offset_y - sin * last, 0.0, 0.0])
+  offset_x += cos * last
+  offset_y -= sin * last
+  if fill == "reflect_101":
+    # tf.pad's REFLECT is BORDER_REFLECT_101. A pad of size - 1 per side
+    # covers every input point the transform reaches (at most
+    # beyond the border for shift <= 0.25, zoom >= 0.9, any rotation: ~0.7
+    # sizes at most); the input coordinates move by the pad.
+    pad_y, pad_x = shape[0] - 1, shape[1] - 1
+    image = tf.pad(image, [[pad_y, pad_y], [pad_x, pad_x], [0, 0]],
+                   mode="REFLECT")
+    offset_x += tf.cast(pad_x, tf.float32)
+    offset_y += tf.cast(pad_y, tf.float32)
+  transform = tf.stack([sign * cos, sin, offset_x,
+                        -sign * sin, cos, offset_y, 0.0, 0.0])
   return tf.raw_ops.ImageProjectiveTransformV3(
       images=image[None], transforms=transform[None],
-      output_shape=tf.shape(image)[:2], fill_value=0.0,
+      output_shape=shape, fill_value=0.0,
       interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+
+
+def normalize(image: tf.Tensor, white: float, normalization: str
+              ) -> tf.Tensor:
+  """Maps pixels in [0, white] to the inputs a checkpoint expects."""
+  if normalization not in NORMALIZATIONS:
+    raise errors.ConfigError(
+        f"config.data.normalization={normalization!r}: expected one of "
+        f"{sorted(NORMALIZATIONS)}.")
+  if normalization == "minus_one_one":
+    return image * (2.0 / white) - 1.0
+  mean, std = (tf.constant(v, tf.float32) for v in
+               NORMALIZATIONS[normalization])
+  return (image / white - mean) / std
 
 
 def preprocess(image: tf.Tensor, config: ml_collections.ConfigDict,
@@ -120,15 +162,15 @@ def preprocess(image: tf.Tensor, config: ml_collections.ConfigDict,
     affine_rng, flip_rng = tf.unstack(
         tf.random.experimental.stateless_split(rng, 2))
     image = random_affine(image, affine_rng, config.shift, config.scale,
-                          config.rotation, flip=random_flip(flip_rng))
+                          config.rotation, flip=random_flip(flip_rng),
+                          fill=config.affine_fill)
   elif augment in ("flip", "crop_flip"):
     padding = config.crop_padding if augment == "crop_flip" else 0
     image = random_crop_flip(image, padding, flip=True, rng=rng)
-  image = image * (2.0 / white) - 1.0
   channels = image.shape[-1]
   if config.channels != channels:
     if channels != 1:
       raise errors.ConfigError(f"config.data.channels={config.channels} but "
                                f"the images have {channels} channels.")
     image = tf.tile(image, [1, 1, config.channels])
-  return image
+  return normalize(image, white, config.normalization)

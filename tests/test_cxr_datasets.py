@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from etils import epath
 
 from input_pipeline import errors
 from input_pipeline import labels as labels_lib
@@ -193,3 +194,68 @@ def test_beam_build_gives_the_plain_build(name, tmp_path):
       assert x.keys() == y.keys()
       for key in x:
         np.testing.assert_array_equal(x[key], y[key], err_msg=f"{split} {key}")
+
+
+def _all_examples(builder):
+  return {split: [(ex["source_path"], ex["image"].tobytes(),
+                   ex["labels"].tobytes()) for ex in builder.as_data_source(split)]
+          for split in builder.info.splits}
+
+
+def test_padchest_from_one_flat_folder_is_the_same_dataset(tmp_path):
+  """The seed's layout (every archive unzipped into one folder:
+  <root>/<ImageID>) builds exactly the dataset of <ImageDir>/<ImageID>."""
+  source = os.path.join(TESTDATA, "cxr_padchest")
+  flat = tmp_path / "flat"
+  flat.mkdir()
+  for entry in os.listdir(source):
+    path = os.path.join(source, entry)
+    if os.path.isdir(path):
+      for name in os.listdir(path):
+        shutil.copy(os.path.join(path, name), flat / name)
+    else:
+      shutil.copy(path, flat / entry)
+  nested = _build("cxr_padchest", source, tmp_path / "nested")
+  from_flat = _build("cxr_padchest", flat, tmp_path / "from_flat")
+  assert _all_examples(from_flat) == _all_examples(nested)
+
+
+def test_a_layout_without_any_listed_image_fails_naming_it(tmp_path):
+  """The CSV found but no image where the layout puts them: the build stops
+  naming the layout it expected and what it found, writing nothing."""
+  manual = tmp_path / "padchest"
+  manual.mkdir()
+  source = os.path.join(TESTDATA, "cxr_padchest")
+  csv_name = next(n for n in os.listdir(source) if n.endswith((".csv", ".gz")))
+  shutil.copy(os.path.join(source, csv_name), manual / csv_name)
+  (manual / "images").mkdir()  # Unzipped somewhere else.
+  with pytest.raises(errors.DataError,
+                     match=r"expected <ImageDir>/<ImageID> \(numbered folders\)"
+                           r" or <ImageID> \(one flat folder\).*holds \[.*"
+                           r"'images'"):
+    _build("cxr_padchest", manual, tmp_path / "tfds")
+  # No dataset version was written (TFDS leaves only empty folders).
+  assert not os.path.exists(tmp_path / "tfds" / "cxr_padchest" / "default" /
+                            "1.0.0")
+
+
+def test_seed_padchest_builder_is_the_seed_selection(tmp_path):
+  """cxr_padchest_seed holds exactly the rows cxr_padchest.seed_selection
+  keeps of the CSV, in its two splits, with the seed's substring labels
+  (the selection itself is checked on the real CSV in test_cxr_labels)."""
+  source = os.path.join(TESTDATA, "cxr_padchest")
+  builder = _build("cxr_padchest_seed", source, tmp_path)
+  csv_path = epath.Path(source, cxr_padchest.CSV_NAME)
+  selected = cxr_padchest.seed_selection(
+      r for _, r in cxr_padchest.read_csv(csv_path))
+  for ours, theirs in (("train", "train"), ("validation", "test")):
+    built = {ex["source_path"].decode(): ex["labels"]
+             for ex in builder.as_data_source(ours)}
+    expected = {f"{int(r['ImageDir'])}/{r['ImageID']}": r["seed_labels"]
+                for r in selected[theirs]}
+    readable = {k: v for k, v in expected.items()
+                if os.path.exists(os.path.join(source, k))
+                and os.path.getsize(os.path.join(source, k)) > 100}
+    assert set(built) <= set(expected) and set(readable) <= set(built)
+    for key, labels in built.items():
+      np.testing.assert_array_equal(labels, expected[key])

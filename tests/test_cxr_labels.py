@@ -171,3 +171,63 @@ def test_patient_split_is_disjoint_deterministic_and_sized():
   assert split == again
   counts = {s: sum(v == s for v in split.values()) for s in ("train", "validation", "test")}
   assert counts == {"train": 800, "validation": 100, "test": 100}
+
+
+def test_no_finding_rules_on_the_real_chexpert_csv(chexpert_rows):
+  """'No Finding' = 1 with a finding marked positive: our default keeps it
+  (a positive Support Devices stays); the seed's rule ('all') makes every
+  one of the 13 findings negative. On the real CSV the two differ on the
+  8,808 rows that have No Finding = 1 and Support Devices = 1."""
+  parsed = np.array([cxr_chexpert.parse_row(r)["labels"]
+                     for r in chexpert_rows], np.float32)
+  columns = list(labels_lib.CHEXPERT_COLUMNS)
+  both = ((parsed[:, columns.index("No Finding")] == 1)
+          & (parsed[:, columns.index("Support Devices")] == 1))
+  assert both.sum() == 8_808
+  rows = parsed[both]
+  names = labels_lib.LABEL_SETS["chexpert13"]
+  ours = labels_lib.Harmonizer(columns, "chexpert13")
+  seed = labels_lib.Harmonizer(columns, "chexpert13", no_finding="all")
+  ours_labels, ours_mask = (np.asarray(x) for x in ours(rows))
+  seed_labels, seed_mask = (np.asarray(x) for x in seed(rows))
+  assert (ours_labels[:, names.index("Support Devices")] == 1).all()
+  assert (seed_labels == 0).all() and (seed_mask == 1).all()
+  # Rows with No Finding blank or 0 are the same under both rules.
+  others = parsed[parsed[:, columns.index("No Finding")] != 1][:2000]
+  for a, b in zip(ours(others), seed(others)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(errors.ConfigError, match="no_finding"):
+    labels_lib.Harmonizer(columns, "chexpert13", no_finding="some")
+
+
+def test_seed_padchest_cl_on_the_real_csv(tmp_path):
+  """PadChest-Cl as the seed forms it, on the real CSV: views (AP_horizontal
+  as AP Supine, COSTAL kept, UNK and EXCLUDE dropped), null Labels and its
+  30 named files dropped, RandomState(42) 90/10 split of the rest, then
+  images with exactly one of the 27 substring-matched findings per split.
+  Against our default rules (word-boundary terms, frontal views,
+  patient-disjoint 80/10/10)."""
+  path = txrv_metadata.write_csv("padchest", str(tmp_path), "padchest.csv")
+  rows = [r for _, r in cxr_padchest.read_csv(epath.Path(path))]
+  assert len(rows) == 160_861
+  viewed = [r for r in rows if r["Projection"] in cxr_padchest.SEED_PROJECTIONS]
+  assert len(viewed) == 160_842
+  assert len(cxr_padchest.SEED_DROPPED_IMAGES) == 30
+  splits = cxr_padchest.seed_selection(rows)
+  assert (len(splits["train"]), len(splits["test"])) == (144_638, 16_071)
+  single = {s: [r for r in v if r["seed_labels"].sum() == 1]
+            for s, v in splits.items()}
+  assert (len(single["train"]), len(single["test"])) == (37_387, 4_153)
+  names = labels_lib.PADCHEST_FINDINGS
+  consolidation = names.index("Consolidation")
+  assert not any(r["seed_labels"][consolidation] for r in single["train"])
+  # 'pseudonodule' counts as a nodule for the seed, not for us.
+  raw = "['pseudonodule']"
+  assert cxr_padchest.seed_findings(raw)[names.index("Nodule")] == 1
+  assert labels_lib.padchest_findings(["pseudonodule"])[names.index("Nodule")] == 0
+  # Ours on the same CSV (the builder's row parser, frontal views, exactly
+  # one finding, before the patient split): about 13,300 fewer images.
+  ours = [cxr_padchest.parse_row(r) for r in rows]
+  ours = [p for p in ours if p is not None and p["view"] in
+          ("PA", "AP", "AP_SUPINE") and p["labels"].sum() == 1]
+  assert len(ours) == 28_226

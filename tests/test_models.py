@@ -184,3 +184,26 @@ def test_bfloat16_precision_computes_in_bf16_with_float32_params_and_outputs():
   assert "convolution" in hlo and "bf16" in hlo
   with pytest.raises(errors.ConfigError, match="config.model.precision"):
     models.get_model("R26x1", 5, precision="float16")
+
+
+def test_pytorch_head_init_is_torch_default_conv_init():
+  """head_init='pytorch' (the seed's fresh nn.Conv2d head): weights and bias
+  uniform in +-1/sqrt(fan_in) (kaiming_uniform with a=sqrt(5): gain
+  sqrt(1/3) times sqrt(3 / fan_in)), the body unchanged."""
+  images = jnp.zeros((1, 32, 32, 3))
+  zero = models.get_model("R26x1", 400).init(jax.random.key(0), images)
+  torch_like = models.get_model("R26x1", 400, head_init="pytorch").init(
+      jax.random.key(0), images)
+  bound = 1 / np.sqrt(2048)
+  for name in ("kernel", "bias"):
+    value = np.asarray(torch_like["params"]["head"][name])
+    assert np.abs(value).max() <= bound
+    assert np.abs(value).max() > 0.99 * bound  # Fills the interval...
+    np.testing.assert_allclose(value.std(), bound / np.sqrt(3), rtol=0.05)
+    assert not np.asarray(zero["params"]["head"][name]).any()
+  jax.tree.map(np.testing.assert_array_equal,
+               zero["params"]["block1_unit01"],
+               torch_like["params"]["block1_unit01"])
+  with pytest.raises(errors.ConfigError, match="head_init"):
+    models.get_model("R26x1", 4, head_init="normal").init(
+        jax.random.key(0), images)

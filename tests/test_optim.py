@@ -1,8 +1,10 @@
 """SGD + AGC + weight decay and the learning-rate schedules."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
 from big_transfer_med import config_lib
 from big_transfer_med import optim
@@ -102,3 +104,71 @@ def test_repeated_decay_boundaries_compound():
   schedule = optim.create_schedule(1.0, 2, 0, "step", (1, 1, 2))
   np.testing.assert_allclose([schedule(0), schedule(1), schedule(2)],
                              [1.0, 0.01, 0.001], rtol=1e-6)
+
+
+def test_seed_agc_rule_clips_the_head_bias_and_spares_num_classes_wide_kernels():
+  """The seed's sgd_agc.py skips 2-D / 4-D tensors whose output units equal
+  the class count (PyTorch shape[0]); everything else is clipped, 1-D
+  tensors as a whole: the head bias is clipped, and so is not a body kernel
+  that happens to have as many output channels as there are classes."""
+  params = {"conv": {"kernel": jnp.ones((1, 1, 2, 3))},  # 3 units = classes.
+            "other": {"kernel": jnp.ones((1, 1, 2, 4))},
+            "gn": {"scale": jnp.ones(4)},
+            "head": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}}
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 100.0), params)
+  clip = {}
+  for rule in ("head", "seed"):
+    tx = optim.create_optimizer(optax.constant_schedule(1.0), momentum=0.0,
+                                weight_decay=0.0, agc_clipping=0.01,
+                                agc_eps=1e-3, agc_exclude=rule)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    clip[rule] = {"/".join(k): bool(np.abs(v).max() < 1.0) for k, v in
+                  traverse_util.flatten_dict(updates).items()}
+  assert clip["head"] == {"conv/kernel": True, "other/kernel": True,
+                          "gn/scale": True, "head/kernel": False,
+                          "head/bias": False}
+  assert clip["seed"] == {"conv/kernel": False, "other/kernel": True,
+                          "gn/scale": True, "head/kernel": False,
+                          "head/bias": True}
+  # The bias is clipped as one vector: its norm becomes 0.01 * ||bias||.
+  tx = optim.create_optimizer(optax.constant_schedule(1.0), momentum=0.0,
+                              weight_decay=0.0, agc_exclude="seed")
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(np.linalg.norm(updates["head"]["bias"]),
+                             0.01 * np.sqrt(3), rtol=1e-5)
+
+
+def test_weight_decay_on_every_parameter_as_pytorch_sgd():
+  """weight_decay_on='all' (the seed's torch.optim SGD weight_decay): the
+  GroupNorm scale and the biases decay like the kernels."""
+  params = {"conv": {"kernel": jnp.full((1, 1, 1, 2), 2.0)},
+            "gn": {"scale": jnp.full((2,), 2.0), "bias": jnp.full((2,), 4.0)}}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  tx = optim.create_optimizer(optax.constant_schedule(0.5), momentum=0.0,
+                              weight_decay=0.1, agc_clipping=0,
+                              weight_decay_on="all")
+  updates, _ = tx.update(grads, tx.init(params), params)
+  jax.tree.map(lambda u, p: np.testing.assert_allclose(u, -0.5 * 0.1 * p,
+                                                       rtol=1e-6),
+               updates, params)
+
+
+def test_seed_warmup_ramps_from_lr_over_k_as_its_scheduler():
+  """The seed's lr factor during warmup: (1/K) * (e * (K - 1) / W + 1) at
+  fractional epoch e of a W-epoch warmup, then 1 until the first decay."""
+  config = config_lib.base_config()
+  config.total_epochs, config.batch_size = 90.0, 256
+  config.optim.base_lr, config.optim.reference_batch_size = 0.08, 256
+  config.schedule.warmup_epochs, config.schedule.decay_epochs = 15.0, (30, 60, 80)
+  config.schedule.warmup_start, config.schedule.warmup_k = "lr_over_k", 8
+  steps_per_epoch = 10.0
+  _, schedule, total = optim.from_config(config, steps_per_epoch)
+  assert total == 900
+  for step in (0, 1, 37, 75, 149, 150, 299):
+    e = step / steps_per_epoch
+    factor = (1 / 8) * (e * 7 / 15 + 1) if e < 15 else 1.0
+    np.testing.assert_allclose(schedule(step), 0.08 * factor, rtol=1e-5)
+  np.testing.assert_allclose(schedule(300), 0.008, rtol=1e-5)
+  config.schedule.warmup_k = None
+  with pytest.raises(errors.ConfigError, match="warmup_k"):
+    optim.from_config(config, steps_per_epoch)

@@ -66,3 +66,55 @@ def test_affine_identity_and_shift():
   expected = ((1 - fy) * (1 - fx) * img[y0, x0] + (1 - fy) * fx * img[y0, x0 + 1]
               + fy * (1 - fx) * img[y0 + 1, x0] + fy * fx * img[y0 + 1, x0 + 1])
   np.testing.assert_allclose(moved[y, x, 0], expected, rtol=1e-3, atol=1e-2)
+
+
+def test_reflect_101_fill_matches_opencv_border_reflect_101():
+  """The seed's ShiftScaleRotate border (albumentations' default,
+  cv2.BORDER_REFLECT_101): the transform our op applies is read back from
+  coordinate images (bilinear sampling of a linear ramp is exact), then
+  OpenCV's warpAffine with that map and BORDER_REFLECT_101 is the reference."""
+  cv2 = pytest.importorskip("cv2")
+  h, w = 40, 32
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+  smooth = (0.5 + 0.25 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + xx / (4 * w)
+            ).astype(np.float32)
+  rng = tf.constant([5, 9], tf.int64)
+  affine = lambda image, fill: preprocessing.random_affine(  # noqa: E731
+      tf.constant(image[..., None]), rng, 0.25, 0.1, 45.0, fill=fill
+  ).numpy()[..., 0]
+  # Where the zero-fill output samples inside the image, the ramps give the
+  # input coordinates: fit the affine map output (x, y) -> input (x, y).
+  src_x, src_y = affine(xx + 1.0, "zeros") - 1.0, affine(yy + 1.0, "zeros") - 1.0
+  inside = ((affine(np.ones_like(xx), "zeros") > 0.999)
+            & (src_x > 0) & (src_y > 0))
+  design = np.stack([xx[inside], yy[inside], np.ones(inside.sum())], 1)
+  m_x = np.linalg.lstsq(design, src_x[inside], rcond=None)[0]
+  m_y = np.linalg.lstsq(design, src_y[inside], rcond=None)[0]
+  reference = cv2.warpAffine(
+      smooth, np.stack([m_x, m_y]).astype(np.float64), (w, h),
+      flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+      borderMode=cv2.BORDER_REFLECT_101)
+  ours = affine(smooth, "reflect_101")
+  outside = affine(np.ones_like(xx), "zeros") < 1e-3
+  assert outside.mean() > 0.05  # The draw reaches well beyond the borders.
+  # OpenCV quantises sampling positions to 1/32 pixel: a small tolerance.
+  np.testing.assert_allclose(ours, reference, atol=3e-3)
+  assert np.abs(ours[outside]).min() > 0.1  # Mirrored content, not black.
+
+
+def test_normalizations_follow_the_checkpoint():
+  """[-1, 1] (BiT, the seed's CXR models) and ImageNet mean/std per RGB
+  channel (the seed's ImageNet models), from the same grey image."""
+  image = tf.fill([8, 8, 1], tf.constant(51, tf.uint8))  # 0.2 of white.
+  c = _config("none", resolution=8)
+  np.testing.assert_allclose(
+      preprocessing.preprocess(image, c, False, tf.constant([0, 0], tf.int64)),
+      np.full((8, 8, 3), 0.2 * 2 - 1), atol=1e-6)
+  c.normalization = "imagenet"
+  out = preprocessing.preprocess(image, c, False, tf.constant([0, 0], tf.int64))
+  np.testing.assert_allclose(
+      out[0, 0], (0.2 - np.array([0.485, 0.456, 0.406])) /
+      np.array([0.229, 0.224, 0.225]), rtol=1e-5)
+  c.normalization = "zero_one"
+  with pytest.raises(Exception, match="normalization"):
+    preprocessing.preprocess(image, c, False, tf.constant([0, 0], tf.int64))

@@ -180,11 +180,11 @@ def test_real_bit_pytorch_key_list_loads_as_its_npz_twin(tmp_path):
   """Every tensor of a BiT PyTorch R26x1 state dict is loaded (nothing
   skipped, nothing left fresh), to the same place as the same tensors read
   from a BiT .npz named as bit_pytorch's load_from names them."""
-  from tests import torch_writer  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import torch_format  # pylint: disable=g-import-not-at-top
   state = _bit_pytorch_state_dict((2, 2, 2, 2), 1, 10, np.random.default_rng(0))
   assert len(state) == 1 + 8 * 9 + 4 + 4
   torch_path, npz_path = str(tmp_path / "bit.pth"), str(tmp_path / "bit.npz")
-  torch_writer.save(state, torch_path)
+  torch_format.save(state, torch_path)
   np.savez(npz_path, **_as_bit_npz_names(state))
   from_torch, report = _load(torch_path)
   from_npz, _ = _load(npz_path)
@@ -201,3 +201,77 @@ def test_real_bit_pytorch_key_list_loads_as_its_npz_twin(tmp_path):
       state["body.block2.unit01.downsample.weight"][:, :, 0, 0].T)
   np.testing.assert_array_equal(flat_torch[("head", "kernel")],
                                 state["head.conv.weight"][:, :, 0, 0].T)
+
+
+def _timm_bit_state_dict_shapes(block_units, wf, num_classes):
+  """{name: shape} of timm's ResNetV2 BiT model (timm/models/resnetv2.py:
+  stem.conv, stages.I.blocks.J PreActBottleneck with norm1, conv1, norm2,
+  conv2, norm3, conv3 and, in each stage's first block, downsample.conv
+  (DownsampleConv); norm; ClassifierHead(use_conv=True).fc), written down
+  from its source, not from our mapping."""
+  out = {"stem.conv.weight": (64 * wf, 3, 7, 7)}
+  cin = 64 * wf
+  for stage, units in enumerate(block_units):
+    cmid, cout = 64 * wf * 2 ** stage, 256 * wf * 2 ** stage
+    for block in range(units):
+      p = f"stages.{stage}.blocks.{block}."
+      out.update({p + "norm1.weight": (cin,), p + "norm1.bias": (cin,),
+                  p + "conv1.weight": (cmid, cin, 1, 1),
+                  p + "norm2.weight": (cmid,), p + "norm2.bias": (cmid,),
+                  p + "conv2.weight": (cmid, cmid, 3, 3),
+                  p + "norm3.weight": (cmid,), p + "norm3.bias": (cmid,),
+                  p + "conv3.weight": (cout, cmid, 1, 1)})
+      if block == 0:
+        out[p + "downsample.conv.weight"] = (cout, cin, 1, 1)
+      cin = cout
+  out.update({"norm.weight": (cin,), "norm.bias": (cin,),
+              "head.fc.weight": (num_classes, cin, 1, 1),
+              "head.fc.bias": (num_classes,)})
+  return out
+
+
+@pytest.mark.parametrize("style", ["seed", "timm"])
+def test_torch_export_has_the_names_and_shapes_of_the_pytorch_model(style):
+  """Our params as a seed (bit_pytorch) or timm state dict: exactly the
+  other model's tensor names and OIHW shapes, and the values in place."""
+  params = _params(num_classes=10)
+  state = pretrained_weights.torch_state_dict(params, style)
+  expected = ({k: v.shape for k, v in _bit_pytorch_state_dict(
+      (2, 2, 2, 2), 1, 10, np.random.default_rng(0)).items()}
+              if style == "seed" else _timm_bit_state_dict_shapes(
+                  (2, 2, 2, 2), 1, 10))
+  assert {k: v.shape for k, v in state.items()} == expected
+  conv = {"seed": "body.block3.unit01.conv2.weight",
+          "timm": "stages.2.blocks.0.conv2.weight"}[style]
+  np.testing.assert_array_equal(
+      state[conv], np.transpose(params["block3_unit01"]["conv2"]["kernel"],
+                                (3, 2, 0, 1)))
+  head = {"seed": "head.conv.weight", "timm": "head.fc.weight"}[style]
+  np.testing.assert_array_equal(state[head][:, :, 0, 0],
+                                np.asarray(params["head"]["kernel"]).T)
+
+
+def test_timm_loads_the_export_strictly_and_gives_our_logits(tmp_path):
+  """Where PyTorch + timm are installed (requirements-peers.txt): timm's
+  BiT ResNet-v2 loads our timm export with strict=True through
+  torch.load(weights_only=True) and computes our logits (float32)."""
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("timm")
+  import functools  # pylint: disable=g-import-not-at-top
+  from timm.layers import StdConv2d  # pylint: disable=g-import-not-at-top
+  from timm.models import resnetv2  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import torch_format  # pylint: disable=g-import-not-at-top
+  params = jax.tree.map(lambda x: x * 0.1, _params(num_classes=10))
+  path = str(tmp_path / "timm.pth")
+  torch_format.save(pretrained_weights.torch_state_dict(params, "timm"), path)
+  model = resnetv2.ResNetV2(  # timm's _create_resnetv2_bit at depth 26.
+      layers=[2, 2, 2, 2], num_classes=10, stem_type="fixed",
+      conv_layer=functools.partial(StdConv2d, eps=1e-8)).eval()
+  model.load_state_dict(torch.load(path, weights_only=True), strict=True)
+  images = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype(
+      np.float32)
+  ours = np.asarray(models.get_model("R26x1", 10).apply(
+      {"params": params}, jnp.asarray(images)))
+  with torch.no_grad():
+    theirs = model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  assert np.abs(theirs - ours).max() <= 1e-4 * np.abs(ours).max()

@@ -189,3 +189,37 @@ def test_predict_tells_apart_the_classes_a_run_learned(tiny_fmnist_data_dir,
              for p in paths)
   assert np.all(p_first[labels == 0] > 0.75), p_first
   assert np.all(p_first[labels == 4] < 0.25), p_first
+
+
+def _tb_examples(manual_dir, data_dir):
+  builder = tfds.builder("cxr_tuberculosis", data_dir=str(data_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(manual_dir)))
+  return {split: sorted((ex["patient_id"], ex["label"], ex["image"].tobytes())
+                        for ex in builder.as_data_source(split))
+          for split in builder.info.splits}
+
+
+def test_tuberculosis_kaggle_layout_and_a_missing_set(tmp_path, caplog):
+  """Kaggle's copy (ChinaSet_AllFiles/ChinaSet_AllFiles/CXR_png,
+  Montgomery/MontgomerySet/CXR_png; the seed's) builds the same dataset as
+  the NLM layout; a manual_dir holding one set says the other is missing."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  source = os.path.join(TESTDATA, "cxr_tuberculosis")
+  kaggle = tmp_path / "kaggle"
+  shutil.copytree(os.path.join(source, "ChinaSet_AllFiles"),
+                  kaggle / "ChinaSet_AllFiles" / "ChinaSet_AllFiles")
+  shutil.copytree(os.path.join(source, "MontgomerySet"),
+                  kaggle / "Montgomery" / "MontgomerySet")
+  assert (_tb_examples(kaggle, tmp_path / "a") ==
+          _tb_examples(source, tmp_path / "b"))
+  only_montgomery = tmp_path / "montgomery"
+  shutil.copytree(os.path.join(source, "MontgomerySet"),
+                  only_montgomery / "MontgomerySet")
+  with caplog.at_level("WARNING"):
+    examples = _tb_examples(only_montgomery, tmp_path / "c")
+  assert all(p.startswith(b"MCUCXR") for rows in examples.values()
+             for p, _, _ in rows)
+  assert any("only montgomery found; shenzhen (ChinaSet_AllFiles/CXR_png or "
+             "ChinaSet_AllFiles/ChinaSet_AllFiles/CXR_png) is not there"
+             in r.getMessage() for r in caplog.records), caplog.text

@@ -24,11 +24,12 @@ from big_transfer_med import models
 from big_transfer_med import parallel
 from big_transfer_med import pretrained_weights
 from big_transfer_med import run_dir
+from big_transfer_med import torch_format
 from big_transfer_med import train
 from input_pipeline import errors
 from input_pipeline import pipeline
 from tests import fmnist_fixtures
-from tests import torch_writer
+
 
 TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
 
@@ -108,7 +109,7 @@ def test_pretrained_file_loads_exactly_and_fine_tunes(fmt, tiny_fmnist_data_dir,
     pretrained_weights.save_bit_npz(source, path)
   else:
     path = str(tmp_path / "model.pth.tar")
-    torch_writer.save({"model": _to_torch_state_dict(source), "epoch": 3,
+    torch_format.save({"model": _to_torch_state_dict(source), "epoch": 3,
                        "optimizer": {"lr": 0.1}}, path)
   # Learning rate 0: the run must end with exactly the file's weights.
   frozen = str(tmp_path / "frozen")
@@ -167,12 +168,18 @@ def test_continual_pretraining_keeps_a_matching_head(tiny_fmnist_data_dir,
       tiny_fmnist_data_dir, total_steps=2, **{"init.checkpoint": first})
   summary = train.train_and_evaluate(config, second)
   assert summary["init"]["initialised"] == 0  # Head included: same task.
-  # Exported as a BiT .npz, the run reads back exactly, head included.
-  exported = str(tmp_path / "first.npz")
-  export.export_bit_npz(first, exported)
-  jax.tree.map(np.testing.assert_array_equal,
-               pretrained_weights.load_bit_npz(exported, "R26x1"),
-               run_dir.load_variables(first)["params"])
+  # No best checkpoint was kept: the latest is what was read, and recorded.
+  assert summary["init"]["checkpoint"].endswith("(latest, step 4)")
+  # Exported in each format, the run reads back exactly, head included.
+  template = pretrained_weights.params_template("R26x1", 5, channels=1)
+  for fmt, name in (("npz", "first.npz"), ("seed", "model.pth.tar"),
+                    ("timm", "timm.pth")):
+    exported = str(tmp_path / name)
+    assert export.export(first, exported, fmt).endswith("(latest, step 4)")
+    read, report = pretrained_weights.load_pretrained(exported, template)
+    assert report["initialised"] == [] and report["skipped"] == [], fmt
+    jax.tree.map(np.testing.assert_array_equal, read,
+                 run_dir.load_variables(first)["params"])
   with open(os.path.join(second, "metrics.jsonl")) as f:
     first_loss = json.loads(f.readline())["train_loss"]
   assert first_loss < math.log(5)  # Starts from the trained head.
@@ -183,6 +190,52 @@ def test_continual_pretraining_keeps_a_matching_head(tiny_fmnist_data_dir,
       **{"init.checkpoint": first, "init.dont_load": ("head/.*",)})
   summary = train.train_and_evaluate(config, third)
   assert summary["init"]["initialised_names"] == ["head/bias", "head/kernel"]
+
+
+def test_best_validation_checkpoint_is_kept_and_named(tiny_fmnist_data_dir,
+                                                     tmp_path):
+  """checkpoint.best_metric='val/loss': WORKDIR/best/ holds the variables of
+  the step with the lowest logged validation loss (checked against the
+  regular checkpoint of that step); RUN reads it, RUN:latest the last step;
+  a run on other inputs' normalisation is refused before anything is
+  written."""
+  run = str(tmp_path / "upstream")
+  config = fmnist_fixtures.tiny_config(
+      tiny_fmnist_data_dir, total_steps=5, **{
+          "evals.val.every_steps": 1, "checkpoint.every_steps": 1,
+          "checkpoint.keep": 10, "checkpoint.best_metric": "val/loss"})
+  summary = train.train_and_evaluate(config, run)
+  with open(os.path.join(run, "metrics.jsonl")) as f:
+    losses = {r["step"]: r["val/loss"] for r in map(json.loads, f)
+              if "val/loss" in r}
+  assert sorted(losses) == [1, 2, 3, 4, 5]
+  best_step = min(losses, key=losses.get)
+  assert summary["best_checkpoint"] == {
+      "metric": "val/loss", "step": best_step,
+      "value": pytest.approx(losses[best_step])}
+  assert os.listdir(os.path.join(run, "best")) == [str(best_step)]
+  best, source = run_dir.read_checkpoint(run, "")
+  assert source.endswith(f"(best, step {best_step})")
+  at_that_step = ocp.CheckpointManager(
+      os.path.join(run, "checkpoints")).restore(best_step)["params"]
+  jax.tree.map(np.testing.assert_array_equal, best["params"], at_that_step)
+  _, _, latest = pretrained_weights.read_pretrained(run + ":latest")
+  assert latest.endswith("(latest, step 5)")
+  _, _, chosen = pretrained_weights.read_pretrained(run)
+  assert chosen == source
+  with pytest.raises(errors.CheckpointMismatchError, match="kept no best"):
+    run_dir.read_checkpoint(str(tmp_path), "best")
+  # A model trained on [-1, 1] inputs is not fine-tuned on ImageNet-normalised
+  # ones unless asked.
+  other = str(tmp_path / "imagenet_inputs")
+  config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, **{
+      "init.checkpoint": run, "data.normalization": "imagenet",
+      "data.channels": 3})
+  with pytest.raises(errors.ConfigError,
+                     match=r"'minus_one_one'.*'imagenet'.*"
+                           r"allow_normalization_change=True"):
+    train.train_and_evaluate(config, other)
+  assert not os.path.exists(other)
 
 
 def test_fewshot_subset_is_balanced_deterministic_and_recorded(

@@ -7,15 +7,11 @@ import csv
 import gzip
 import io
 import os
-import subprocess
-import sys
 import zipfile
 
-import pytest
+from tests import pypi_wheels
 
 WHEEL_VERSION = "1.5.7"
-CACHE = os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache",
-                     "wheels")
 FILES = {
     "chexpert": "torchxrayvision/data/chexpert_train.csv.gz",
     "nih": "torchxrayvision/data/Data_Entry_2017_v2020.csv.gz",
@@ -25,18 +21,7 @@ FILES = {
 
 def wheel_path() -> str:
   """Path of the downloaded wheel; downloads it if needed, else skips."""
-  name = f"torchxrayvision-{WHEEL_VERSION}-py3-none-any.whl"
-  path = os.path.join(CACHE, name)
-  if not os.path.exists(path):
-    os.makedirs(CACHE, exist_ok=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-         f"torchxrayvision=={WHEEL_VERSION}", "-d", CACHE],
-        capture_output=True, text=True)
-    if result.returncode != 0 or not os.path.exists(path):
-      pytest.skip("cannot download the torchxrayvision wheel: "
-                  + result.stderr[-300:])
-  return path
+  return pypi_wheels.path("torchxrayvision", WHEEL_VERSION)
 
 
 def read_text(which: str) -> str:

@@ -56,6 +56,8 @@ class CxrChexpert(cxr_common.CxrBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   LABEL_NAMES = labels_lib.CHEXPERT_COLUMNS
   HOMEPAGE = "https://stanfordmlgroup.github.io/competitions/chexpert/"
+  IMAGE_LAYOUT = ("CheXpert-v1.0-small/{train,valid}/patientXXXXX/studyN/"
+                  "viewN_*.jpg beside the CSVs")
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download CheXpert-v1.0-small (or CheXpert-v1.0) from
   https://stanfordmlgroup.github.io/competitions/chexpert/ and unpack it so

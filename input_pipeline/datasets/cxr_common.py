@@ -202,6 +202,7 @@ class CxrBuilder(base.ArrayRecordBuilderMixin, tfds.core.GeneratorBasedBuilder):
   LABEL_NAMES: Sequence[str] = ()
   IMAGE_DTYPE = np.uint8
   HOMEPAGE = ""
+  IMAGE_LAYOUT = "the layout of MANUAL_DOWNLOAD_INSTRUCTIONS"  # For errors.
 
   def _info(self):
     return self.dataset_info_from_configs(
@@ -224,7 +225,9 @@ class CxrBuilder(base.ArrayRecordBuilderMixin, tfds.core.GeneratorBasedBuilder):
     """The rows (example fields, keyed by source_path) with their images;
     `locate(row)` gives the image file. Bad images are skipped (counted), or
     fatal with strict_images. A generator, or a Beam PTransform when the
-    build runs on Beam."""
+    build runs on Beam. A split none of whose first images exists fails
+    here, before anything is written (a wrong layout, not bad files)."""
+    require_images(rows, locate, self.IMAGE_LAYOUT)
     if getattr(self, "_use_beam", False):
       import apache_beam as beam  # pylint: disable=g-import-not-at-top
       return beam.Create(rows) | beam.FlatMap(functools.partial(
@@ -246,6 +249,24 @@ class CxrBuilder(base.ArrayRecordBuilderMixin, tfds.core.GeneratorBasedBuilder):
         continue
       yield row["source_path"], dict(row, image=image)
     counter.report()
+
+
+def require_images(rows: Sequence[dict], locate, layout: str,
+                   sample: int = 20) -> None:
+  """Fails before a split is built without images: when none of the first
+  `sample` images its rows list exists, the error names the layout expected
+  and what the nearest existing folder holds instead."""
+  rows = list(rows[:sample])
+  if not rows or any(epath.Path(locate(r)).exists() for r in rows):
+    return
+  folder = epath.Path(locate(rows[0])).parent
+  while not folder.exists() and folder != folder.parent:
+    folder = folder.parent
+  found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+  raise errors.DataError(
+      f"None of the images the metadata lists exists (e.g. {locate(rows[0])})"
+      f": expected {layout}; {folder} holds {found[:12]}"
+      f"{' ...' if len(found) > 12 else ''}.")
 
 
 def parse_rows(path, numbered_rows, parse) -> list:

@@ -47,6 +47,7 @@ class CxrMimic(cxr_common.CxrBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   LABEL_NAMES = labels_lib.CHEXPERT_COLUMNS
   HOMEPAGE = "https://physionet.org/content/mimic-cxr-jpg/2.0.0/"
+  IMAGE_LAYOUT = "files/pNN/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg beside the CSVs"
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
   Download MIMIC-CXR-JPG 2.0.0 from {HOMEPAGE} (credentialed access) so that
   manual_dir contains:

@@ -80,6 +80,7 @@ class CxrNih14(cxr_common.CxrBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   LABEL_NAMES = labels_lib.NIH_LABELS
   HOMEPAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
+  IMAGE_LAYOUT = "images_0NN/images/*.png (or one images/ folder) beside the CSV"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download NIH ChestX-ray14 from https://nihcc.app.box.com/v/ChestXray-NIHCC
   and put in manual_dir:
@@ -115,6 +116,6 @@ class CxrNih14(cxr_common.CxrBuilder):
         splits[carve[row["patient_id"]]].append(row)
     images = index_images(root)
     locate = lambda row: images.get(  # noqa: E731
-        row["source_path"], f"<not under {root}>/{row['source_path']}")
+        row["source_path"], os.path.join(root, "images", row["source_path"]))
     return {split: self._generate_examples(split, split_rows, locate)
             for split, split_rows in splits.items()}

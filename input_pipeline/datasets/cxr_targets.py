@@ -1,4 +1,5 @@
-"""Single-label chest X-ray transfer targets: Tuberculosis and COVIDx CXR-2.
+"""Single-label chest X-ray transfer targets: Tuberculosis, COVIDx CXR-2 and
+paediatric pneumonia (Kermany et al. 2018).
 
 Both store grey images like the other chest X-ray builders (configs
 'default' <= 512 px, 'original', 'strict') with a ClassLabel 'label'.
@@ -10,6 +11,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from input_pipeline import errors
 from input_pipeline.datasets import base
 from input_pipeline.datasets import cxr_common
 
@@ -18,6 +20,7 @@ class _CxrClassificationBuilder(cxr_common.CxrBuilder):
   """A CxrBuilder whose examples carry one class label."""
 
   CLASS_NAMES = ()
+  EXTRA_FEATURES = {}  # Name -> TFDS feature, beside the common ones.
 
   def _info(self):
     original = self.builder_config.max_short_side is None
@@ -31,15 +34,20 @@ class _CxrClassificationBuilder(cxr_common.CxrBuilder):
             "patient_id": tfds.features.Text(),
             "source": tfds.features.Text(),
             "source_path": tfds.features.Text(),
+            **self.EXTRA_FEATURES,
         }),
         supervised_keys=("image", "label"),
         homepage=self.HOMEPAGE,
     )
 
 
-# Shenzhen: CHNCXR_0001_0.png, Montgomery: MCUCXR_0001_0.png; _1 = TB.
-_TB_SETS = {"shenzhen": "ChinaSet_AllFiles/CXR_png",
-            "montgomery": "MontgomerySet/CXR_png"}
+# Shenzhen: CHNCXR_0001_0.png, Montgomery: MCUCXR_0001_0.png; _1 = TB. Each
+# set's folder as the NLM zips unpack, or as Kaggle's copy (the seed's) does.
+_TB_SETS = {
+    "shenzhen": ("ChinaSet_AllFiles/CXR_png",
+                 "ChinaSet_AllFiles/ChinaSet_AllFiles/CXR_png"),
+    "montgomery": ("MontgomerySet/CXR_png", "Montgomery/MontgomerySet/CXR_png"),
+}
 _TB_FILE_RE = re.compile(r"^(CHNCXR|MCUCXR)_(\d+)_([01])\.png$")
 
 
@@ -59,19 +67,24 @@ class CxrTuberculosis(_CxrClassificationBuilder):
   so that manual_dir contains either or both of:
     ChinaSet_AllFiles/CXR_png/CHNCXR_0001_0.png ...
     MontgomerySet/CXR_png/MCUCXR_0001_0.png ...
-  (file names end in _0 = normal, _1 = tuberculosis), then:
+  or, from Kaggle's copy, ChinaSet_AllFiles/ChinaSet_AllFiles/CXR_png/ and
+  Montgomery/MontgomerySet/CXR_png/ (file names end in _0 = normal, _1 =
+  tuberculosis), then:
   tfds build --imports=input_pipeline.datasets cxr_tuberculosis --manual_dir=DIR
   """
 
   def _split_generators(self, dl_manager):
-    root = base.find_manual_dir(dl_manager, ["|".join(_TB_SETS.values())],
+    folders = [f for alternatives in _TB_SETS.values() for f in alternatives]
+    root = base.find_manual_dir(dl_manager, ["|".join(folders)],
                                 self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-    groups = {}
-    for source, folder in _TB_SETS.items():
-      directory = epath.Path(root, folder)
-      if not directory.exists():
+    groups, missing = {}, []
+    for source, alternatives in _TB_SETS.items():
+      folder = next((f for f in alternatives
+                     if epath.Path(root, f).exists()), None)
+      if folder is None:
+        missing.append(f"{source} ({' or '.join(alternatives)})")
         continue
-      for path in sorted(directory.iterdir()):
+      for path in sorted(epath.Path(root, folder).iterdir()):
         match = _TB_FILE_RE.match(path.name)
         if not match:
           continue  # Thumbs.db, masks and other non-images.
@@ -81,8 +94,15 @@ class CxrTuberculosis(_CxrClassificationBuilder):
             "source": source, "source_path": f"{folder}/{path.name}"})
     if not groups:
       raise base.ManualDownloadError(
-          f"{root}: no CHNCXR_*_[01].png / MCUCXR_*_[01].png files found."
+          f"{root}: no CHNCXR_*_[01].png / MCUCXR_*_[01].png files found in "
+          f"{', '.join(folders)}; it holds "
+          f"{sorted(p.name for p in epath.Path(root).iterdir())[:12]}."
           f"\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    if missing:
+      logging.warning(
+          "%s: only %s found; %s is not there, so the dataset holds one set "
+          "(the seed paper used both).", root,
+          " and ".join(sorted({s for s, _ in groups})), " and ".join(missing))
     splits = {"train": [], "test": []}
     for rows in groups.values():
       assignment = cxr_common.patient_split(
@@ -102,6 +122,7 @@ class CxrCovidx(_CxrClassificationBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   CLASS_NAMES = ("negative", "positive")
   HOMEPAGE = "https://www.kaggle.com/datasets/andyczhao/covidx-cxr2"
+  IMAGE_LAYOUT = "train/<file>, test/<file> (val/<file>) beside the lists"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download COVIDx CXR-2 (Kaggle andyczhao/covidx-cxr2) and unpack it so that
   manual_dir contains:
@@ -148,3 +169,83 @@ class CxrCovidx(_CxrClassificationBuilder):
                        f"{self.CLASS_NAMES} (COVIDx CXR-2 labels)")
     return {"label": label, "patient_id": fields[0], "source": fields[-1],
             "source_path": f"{folder}/{' '.join(fields[1:-2])}"}
+
+
+# Kermany et al. 2018: pneumonia files personN_bacteria_M.jpeg /
+# personN_virus_M.jpeg, normal ones IM-XXXX-YYYY.jpeg or NORMAL2-IM-XXXX-YYYY.jpeg.
+_PNEUMONIA_RE = re.compile(r"^(person\d+)_(bacteria|virus)_\d+\.jpe?g$", re.I)
+_NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+\.jpe?g$", re.I)
+_PNEUMONIA_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+
+
+def parse_pneumonia_file(folder: str, name: str) -> dict:
+  """Fields of one image from its class folder and file name: label,
+  subtype (normal, bacterial, viral) and patient id."""
+  if folder == "PNEUMONIA":
+    match = _PNEUMONIA_RE.match(name)
+    if not match:
+      raise ValueError(f"{folder}/{name}: expected personN_bacteria_M.jpeg "
+                       "or personN_virus_M.jpeg")
+    return {"label": "pneumonia", "patient_id": match.group(1),
+            "subtype": {"bacteria": "bacterial",
+                        "virus": "viral"}[match.group(2).lower()]}
+  match = _NORMAL_RE.match(name)
+  return {"label": "normal", "subtype": "normal",
+          "patient_id": match.group(1) if match else os.path.splitext(name)[0]}
+
+
+class CxrPneumonia(_CxrClassificationBuilder):
+  """Paediatric chest X-rays (Guangzhou), normal vs pneumonia, with the
+  bacterial / viral subtype from the file name: Kermany et al. 2018,
+  "Identifying medical diagnoses and treatable diseases by image-based deep
+  learning", Cell 172(5) (data CC BY 4.0). The official train / val / test
+  folders are the splits."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  CLASS_NAMES = ("normal", "pneumonia")
+  EXTRA_FEATURES = {"subtype": tfds.features.ClassLabel(
+      names=("normal", "bacterial", "viral"))}
+  HOMEPAGE = "https://data.mendeley.com/datasets/rscbjbr9sj"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Download "Chest X-Ray Images (Pneumonia)" (Kermany et al. 2018; Mendeley
+  Data rscbjbr9sj, or Kaggle paultimothymooney/chest-xray-pneumonia) and
+  unzip it so that manual_dir contains
+    chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg
+  (or train/, val/, test/ directly), then:
+  tfds build --imports=input_pipeline.datasets cxr_pneumonia --manual_dir=DIR
+  """
+
+  def _split_generators(self, dl_manager):
+    root = base.find_manual_dir(
+        dl_manager, ["chest_xray/train|train", "chest_xray/test|test"],
+        self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    top = "chest_xray" if epath.Path(root, "chest_xray/train").exists() else ""
+    splits = {}
+    for split, name in _PNEUMONIA_SPLITS.items():
+      rows = []
+      for folder in ("NORMAL", "PNEUMONIA"):
+        directory = epath.Path(root, top, name, folder)
+        if not directory.exists():
+          continue
+        for path in sorted(directory.iterdir()):
+          if not path.name.lower().endswith((".jpeg", ".jpg")):
+            continue  # .DS_Store and the like.
+          relative = os.path.join(top, name, folder, path.name)
+          try:
+            fields = parse_pneumonia_file(folder, path.name)
+          except ValueError as e:
+            raise errors.DataError(f"{root}/{relative}: {e}") from e
+          rows.append(dict(fields, source="kermany", source_path=relative))
+      if rows or split != "validation":
+        splits[split] = rows
+    empty = [s for s in ("train", "test") if not splits[s]]
+    if empty:
+      where = epath.Path(root, top)
+      raise errors.DataError(
+          f"{where}: no .jpeg images in {', '.join(empty)}/{{NORMAL,PNEUMONIA}}/;"
+          " expected chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg; "
+          f"found {sorted(p.name for p in where.iterdir())[:12]}.")
+    locate = lambda r: epath.Path(root, r["source_path"])  # noqa: E731
+    return {split: self._generate_examples(split, rows, locate)
+            for split, rows in splits.items()}
