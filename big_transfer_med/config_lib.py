@@ -103,6 +103,9 @@ def _data_defaults() -> ml_collections.ConfigDict:
   d.no_finding = "unmentioned"
   d.views = ("PA", "AP", "AP_SUPINE")  # Frontal views.
   d.weights = ()  # Mixing weights per source; () concatenates.
+  # Single-label data: each training position draws a class uniformly, then
+  # one of its examples (the seed's class-balanced oversampling, COVIDx).
+  d.class_balanced = False
   d.crop_to_square = False
   d.resolution = config_dict.placeholder(int)  # Input (crop) size.
   d.resize = config_dict.placeholder(int)  # 'bit' augment: resize first.

@@ -142,6 +142,7 @@ RULES: Dict[str, Rule] = {
     "data.views": sequence(choice(cxr_common.VIEWS), unique=True,
                            nonempty=True),
     "data.weights": sequence(number(0, low_open=True)),
+    "data.class_balanced": boolean(),
     "data.crop_to_square": boolean(),
     "data.resolution": integer(1, optional=True),
     "data.resize": integer(1, optional=True),

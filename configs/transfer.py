@@ -22,7 +22,10 @@ finetune.py: the same step counts and MixUp, lr 0.001 per 128 images at
 batch 128, Nesterov momentum + AGC, no weight decay, and a new head as
 PyTorch initialises a fresh Conv2d (random, not zero); padchest_cl on the
 seed's PadChest (cxr_padchest_seed: its views, substring findings and
-90/10 split by image) at 224 px with the CXR augmentation. Inputs are
+90/10 split by image) at 224 px with the CXR augmentation, tuberculosis on
+its 85/15 split per set (cxr_tuberculosis/seed), Flowers trained on the
+official test split and tested on train+validation, full-shot COVIDx with
+class-balanced sampling. Inputs are
 normalised as the model's checkpoint expects: --config.data.normalization=
 imagenet for the seed's ImageNet-1k/21k models. Any key can still be
 overridden with --config.key=value.
@@ -67,6 +70,21 @@ ARGUMENTS = {"target": config_lib.one_of(*sorted(TARGETS)), "init": str,
              "recipe": config_lib.one_of("bit", "seed")}
 
 
+def _apply_seed_data(c, target: str) -> None:
+  """The seed's per-target data (its finetune.py and configs/finetune/)."""
+  if target == "padchest_cl":  # The seed's PadChest, 224 px, CXR affine.
+    c.data.sources, c.data.eval_split = ("padchest_seed",), "validation"
+    c.data.views = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
+    c.data.augment, c.data.affine_fill = "cxr", "reflect_101"
+    c.data.resolution = 224
+  elif target == "tuberculosis":  # 85/15 per set, RandomState(42).
+    c.data.builder_config = "seed"
+  elif target == "oxford_flowers102":  # Its 6,149 test images train.
+    c.data.train_split, c.data.eval_split = "test", "train+validation"
+  elif target == "covidx" and not c.data.examples_per_class:
+    c.data.class_balanced = True  # WeightedRandomSampler, full-shot.
+
+
 def get_config(arg: str = ""):
   args = config_lib.parse_arguments(arg, ARGUMENTS, __file__)
   target = args.get("target")
@@ -101,11 +119,7 @@ def get_config(arg: str = ""):
     c.data.eval_batch_size = args.get("eval_batch", c.batch_size)
     c.optim.base_lr = args.get("lr", 0.001)
     c.optim.reference_batch_size = 128
-    if target == "padchest_cl":  # The seed's PadChest, 224 px, CXR affine.
-      c.data.sources, c.data.eval_split = ("padchest_seed",), "validation"
-      c.data.views = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
-      c.data.augment, c.data.affine_fill = "cxr", "reflect_101"
-      c.data.resolution = 224
+    _apply_seed_data(c, target)
   if "steps" in args:
     c.total_steps = args["steps"]
   if "data_dir" in args:

@@ -276,6 +276,22 @@ def weighted_indices(positions: np.ndarray, sizes: np.ndarray,
   return out
 
 
+def class_balanced_indices(positions: np.ndarray, classes: np.ndarray,
+                           seed: int) -> np.ndarray:
+  """Indices for class-balanced sampling (the seed's WeightedRandomSampler
+  with weights 1 / class count): position p draws a class uniformly among
+  those present, then one of its examples uniformly (with replacement), from
+  a generator seeded by (seed, p): deterministic and resumable."""
+  present = np.unique(classes)
+  members = [np.flatnonzero(classes == c) for c in present]
+  out = np.empty(len(positions), np.int64)
+  for i, position in enumerate(positions):
+    rng = np.random.default_rng([seed, 2, int(position)])
+    group = members[rng.integers(len(members))]
+    out[i] = group[rng.integers(len(group))]
+  return out
+
+
 def select_fewshot(labels: np.ndarray, label_mask: np.ndarray, k: int,
                    seed: int) -> np.ndarray:
   """Positions of a class-balanced few-shot subset, in increasing order.
@@ -578,7 +594,22 @@ class Pipeline:
       positions = lambda: (  # noqa: E731
           (p, weighted_indices(p, self.train.sizes, config.data.weights,
                                config.seed)) for p, _ in unweighted())
+    if config.data.class_balanced:
+      classes = self._train_classes()
+      unbalanced = positions
+      positions = lambda: (  # noqa: E731
+          (p, class_balanced_indices(p, classes, config.seed))
+          for p, _ in unbalanced())
     return iter(self._batches(config, self.train, positions, True, batch))
+
+  def _train_classes(self) -> np.ndarray:
+    """The class of every training example (single-label data)."""
+    if self.multi_label:
+      raise errors.ConfigError(
+          "config.data.class_balanced=True needs single-label data (one "
+          "class per example); these data are multi-label.")
+    return np.concatenate([np.argmax(s.label_matrix()[0], axis=1)
+                           for s in self.train.sources])
 
   def ordered_batches(self, config: ml_collections.ConfigDict,
                       source: Optional[MixedSource] = None) -> Batches:

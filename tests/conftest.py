@@ -40,9 +40,13 @@ def tiny_cxr_data_dir(tmp_path_factory):
   """A TFDS data_dir with our chest X-ray builders built from testdata/."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path_factory.mktemp("tfds_cxr"))
-  for name in ("cxr_chexpert", "cxr_mimic", "cxr_nih14", "cxr_padchest",
-               "cxr_tuberculosis", "cxr_covidx"):
+  for name, folder in (("cxr_chexpert", "cxr_chexpert"),
+                       ("cxr_mimic", "cxr_mimic"), ("cxr_nih14", "cxr_nih14"),
+                       ("cxr_padchest", "cxr_padchest"),
+                       ("cxr_padchest_seed", "cxr_padchest"),
+                       ("cxr_tuberculosis", "cxr_tuberculosis"),
+                       ("cxr_covidx", "cxr_covidx")):
     tfds.builder(name, data_dir=data_dir).download_and_prepare(
         download_config=tfds.download.DownloadConfig(
-            manual_dir=os.path.join(CXR_TESTDATA, name)))
+            manual_dir=os.path.join(CXR_TESTDATA, folder)))
   return data_dir

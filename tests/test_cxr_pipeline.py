@@ -1,8 +1,11 @@
 """Multi-source chest X-ray pipeline: harmonised labels, masks, views, mixing."""
+import json
 import os
 
 import numpy as np
+import pytest
 
+from input_pipeline import errors
 from input_pipeline import labels as labels_lib
 from input_pipeline import pipeline
 from tests import test_main
@@ -106,3 +109,36 @@ def test_chest_config_arguments():
   assert big.model.name == "R152x4"
   assert big.data.sources == ("chexpert", "mimic")
   assert big.data.label_set == "union" and "LATERAL" in big.data.views
+
+
+def test_main_runs_the_seed_recipe_on_four_sources(tiny_cxr_data_dir,
+                                                   tmp_path):
+  """recipe=seed end to end: the seed's PadChest builder in the mix, all its
+  views, 'No Finding' negating everything, mirrored borders, warmup from
+  lr/K, decay on every parameter, its AGC rule; the best validation loss
+  kept in best/."""
+  workdir = tmp_path / "run"
+  result = test_main._run_main(
+      f"--config={CHEST}:recipe=seed,model=R26x1,res=32",
+      f"--workdir={workdir}", f"--config.data.data_dir={tiny_cxr_data_dir}",
+      "--config.batch_size=4", "--config.total_epochs=0",
+      "--config.total_steps=2", "--config.schedule.warmup_epochs=0",
+      "--config.schedule.warmup_steps=1", "--config.schedule.decay_epochs=()",
+      "--config.log_every_steps=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(workdir / "results.json") as f:
+    results = json.load(f)
+  assert results["recipe"] == "seed"
+  assert results["data"] == "chexpert+mimic+nih14+padchest_seed"
+  assert results["label_set"] == "common7"
+  assert results["best_checkpoint"]["step"] == 2
+  assert os.listdir(workdir / "best") == ["2"]
+
+
+def test_class_balanced_sampling_needs_single_label_data(tiny_cxr_data_dir):
+  config = _config(tiny_cxr_data_dir, "sources=nih14")
+  config.data.class_balanced = True
+  data = pipeline.Pipeline(config.data)
+  with pytest.raises(errors.ConfigError, match="class_balanced=True needs "
+                                               "single-label data"):
+    data.train_batches(config, 0)

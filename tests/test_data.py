@@ -163,3 +163,19 @@ def test_input_pipeline_never_imports_big_transfer_med():
       offending += [f"{path}: {n}" for n in names
                     if n.split(".")[0] == "big_transfer_med"]
   assert not offending
+
+
+def test_class_balanced_sampling_evens_out_the_classes():
+  """The seed's WeightedRandomSampler (weights 1 / class count) as a
+  position-seeded draw: a 9:1 imbalance becomes about 1:1, every index
+  stays in range, and a resumed run draws what the uninterrupted one did."""
+  classes = np.array([0] * 900 + [1] * 100)
+  positions = np.arange(4000)
+  indices = pipeline.class_balanced_indices(positions, classes, seed=3)
+  assert indices.min() >= 0 and indices.max() < len(classes)
+  share = np.mean(classes[indices] == 1)
+  assert 0.46 < share < 0.54, share
+  assert len(np.unique(indices[classes[indices] == 1])) > 95  # All visited.
+  np.testing.assert_array_equal(
+      pipeline.class_balanced_indices(positions[1500:1600], classes, seed=3),
+      indices[1500:1600])

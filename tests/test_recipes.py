@@ -96,6 +96,15 @@ def test_seed_fine_tune_recipe_keys():
   assert seed.optim.nesterov and seed.optim.agc_clipping == 0.01
   assert seed.model.head_init == "pytorch" and seed.hyperrule
   assert bit.model.head_init == "zeros" and bit.batch_size == 512
+  tb = _config("transfer.py:target=tuberculosis,recipe=seed")
+  assert tb.data.builder_config == "seed"  # 85/15 per set, RandomState(42).
+  flowers = _config("transfer.py:target=oxford_flowers102,recipe=seed")
+  assert (flowers.data.train_split, flowers.data.eval_split) == (
+      "test", "train+validation")
+  assert _config("transfer.py:target=covidx,recipe=seed").data.class_balanced
+  assert not _config(
+      "transfer.py:target=covidx,recipe=seed,shots=5").data.class_balanced
+  assert not _config("transfer.py:target=covidx").data.class_balanced
   padchest = _config("transfer.py:target=padchest_cl,recipe=seed")
   assert tuple(padchest.data.sources) == ("padchest_seed",)
   assert padchest.data.exclusive and padchest.data.eval_split == "validation"

@@ -223,3 +223,26 @@ def test_tuberculosis_kaggle_layout_and_a_missing_set(tmp_path, caplog):
   assert any("only montgomery found; shenzhen (ChinaSet_AllFiles/CXR_png or "
              "ChinaSet_AllFiles/ChinaSet_AllFiles/CXR_png) is not there"
              in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_tuberculosis_seed_split_is_the_seed_codes(tmp_path):
+  """cxr_tuberculosis/seed: per set, the seed's tuberculosis.py split
+  (sorted(glob('*.png')), RandomState(42).shuffle of the list, the first
+  int(0.85 N) train), recomputed here as the seed code does it."""
+  import glob  # pylint: disable=g-import-not-at-top
+  source = os.path.join(TESTDATA, "cxr_tuberculosis")
+  builder = tfds.builder("cxr_tuberculosis/seed", data_dir=str(tmp_path))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=source))
+  expected = {"train": set(), "test": set()}
+  for folder in ("ChinaSet_AllFiles/CXR_png", "MontgomerySet/CXR_png"):
+    files = sorted(glob.glob(os.path.join(source, folder, "*.png")))
+    np.random.RandomState(42).shuffle(files)
+    cut = int(len(files) * 0.85)
+    expected["train"] |= {os.path.basename(f) for f in files[:cut]}
+    expected["test"] |= {os.path.basename(f) for f in files[cut:]}
+  for split in ("train", "test"):
+    built = {os.path.basename(ex["source_path"].decode())
+             for ex in builder.as_data_source(split)}
+    # The truncated CHNCXR_0004_0.png is split like the others, then skipped.
+    assert built == expected[split] - {"CHNCXR_0004_0.png"}, split

@@ -63,9 +63,11 @@ class CxrConfig(tfds.core.BuilderConfig):
   strict_images: a missing or bad image fails the build instead of being
   skipped. TFDS wants a new name for a custom config, e.g.
   tfds build ... --config='{"name": "strict", "strict_images": true}'
-  (then train with config.data.builder_config='strict')."""
+  (then train with config.data.builder_config='strict'). seed_split:
+  split as the seed paper's code did, where a builder offers it."""
   max_short_side: Optional[int] = DEFAULT_MAX_SHORT_SIDE
   strict_images: bool = False
+  seed_split: bool = False  # Builders that have one: the seed code's split.
 
 
 BUILDER_CONFIGS = [

@@ -7,6 +7,7 @@ Both store grey images like the other chest X-ray builders (configs
 import os
 import re
 
+import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
@@ -55,11 +56,17 @@ class CxrTuberculosis(_CxrClassificationBuilder):
   """Shenzhen (662) + Montgomery (138) chest X-rays, normal vs tuberculosis.
 
   One image per patient. No official split: a seeded 80/20 train/test split
-  of the patients, stratified by set and label.
+  of the patients, stratified by set and label; config 'seed': the seed
+  code's 85/15 per set (its files sorted, numpy RandomState(42) shuffle).
   """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = cxr_common.BUILDER_CONFIGS + [
+      cxr_common.CxrConfig(
+          name="seed", seed_split=True,
+          description="The seed code's split: 85/15 of each set's sorted "
+                      "files after a RandomState(42) shuffle; <= 512 px.")]
   CLASS_NAMES = ("normal", "tuberculosis")
   HOMEPAGE = "https://lhncbc.nlm.nih.gov/LHC-downloads/downloads.html#tuberculosis-image-data-sets"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -103,16 +110,39 @@ class CxrTuberculosis(_CxrClassificationBuilder):
           "%s: only %s found; %s is not there, so the dataset holds one set "
           "(the seed paper used both).", root,
           " and ".join(sorted({s for s, _ in groups})), " and ".join(missing))
-    splits = {"train": [], "test": []}
-    for rows in groups.values():
-      assignment = cxr_common.patient_split(
-          [r["patient_id"] for r in rows], {"train": 0.8, "test": 0.2})
-      for row in rows:
-        splits[assignment[row["patient_id"]]].append(row)
+    splits = (_seed_tb_split(groups) if self.builder_config.seed_split
+              else _patient_tb_split(groups))
     cxr_common.check_patient_disjoint(splits, root)
     return {split: self._generate_examples(
                 split, rows, lambda r: epath.Path(root, r["source_path"]))
             for split, rows in splits.items()}
+
+
+def _patient_tb_split(groups) -> dict:
+  """80/20 of the patients of each (set, label) group."""
+  splits = {"train": [], "test": []}
+  for rows in groups.values():
+    assignment = cxr_common.patient_split(
+        [r["patient_id"] for r in rows], {"train": 0.8, "test": 0.2})
+    for row in rows:
+      splits[assignment[row["patient_id"]]].append(row)
+  return splits
+
+
+def _seed_tb_split(groups) -> dict:
+  """The seed's transfer_learning/datasets/tuberculosis.py: per set, its
+  files sorted, shuffled by numpy RandomState(42), the first int(0.85 N)
+  train."""
+  splits = {"train": [], "test": []}
+  for source in _TB_SETS:
+    rows = sorted((r for (s, _), rs in groups.items() if s == source
+                   for r in rs), key=lambda r: r["source_path"])
+    order = np.arange(len(rows))
+    np.random.RandomState(42).shuffle(order)
+    cut = int(len(rows) * 0.85)
+    splits["train"] += [rows[i] for i in order[:cut]]
+    splits["test"] += [rows[i] for i in order[cut:]]
+  return splits
 
 
 class CxrCovidx(_CxrClassificationBuilder):
