@@ -15,8 +15,11 @@ each as its own process, `--parallel` at a time (logs in <workdir>/logs/);
 <workdir>/jobs.txt for a cluster scheduler, e.g. a SLURM array:
   sbatch --array=1-$(wc -l < jobs.txt) --wrap 'sed -n "${SLURM_ARRAY_TASK_ID}p" jobs.txt | bash'
 Every mode ends by aggregating whatever results exist: results.csv (one row
-per job), summary.csv and summary.md (mean +- std over seeds) and one plot
-per target and model (metric vs shots, a line per source).
+per job), summary.csv and summary.md (mean +- std over seeds, beside the
+paper's number where the spec has one: spec.paper) and the paper's kinds of
+figure: metric vs shots per target and model (a line per source), metric vs
+model size per target and shot count, and metric vs source (ordered by
+upstream size, spec.source_sizes) per target and model.
 """
 import csv
 import dataclasses
@@ -70,17 +73,18 @@ def expand(spec: ml_collections.ConfigDict) -> List[Job]:
   for source, checkpoint in spec.sources.items():
     for model in spec.models:
       for target in spec.targets:
-        for shots in spec.shots:
+        for shots in spec.target_shots.get(target, spec.shots):
           seeds = spec.full_seeds if (shots == 0 and spec.full_seeds) else (
               spec.seeds)
           extra = spec.full_args if shots == 0 else spec.fewshot_args
+          init = checkpoint.format(model=model)  # '{model}': one per model.
           for seed in seeds:
             args = [f"target={target}", f"model={model}", f"shots={shots}",
-                    f"seed={seed}"] + ([f"init={checkpoint}"] if checkpoint
-                                       else [])
-            args += [a for a in (spec.args, extra) if a]
+                    f"seed={seed}"] + ([f"init={init}"] if init else [])
+            args += [a for a in (spec.args, extra,
+                                 spec.source_args.get(source, "")) if a]
             jobs.append(Job(
-                source, checkpoint, model, target, shots, seed,
+                source, init, model, target, shots, seed,
                 os.path.join(spec.workdir, source, model, target,
                              shots_name(shots), f"seed{seed}"),
                 ",".join(args)))
@@ -150,8 +154,15 @@ def collect(jobs: Sequence[Job]) -> List[Dict]:
   return rows
 
 
-def summarise(rows: Sequence[Dict]) -> List[Dict]:
-  """Mean and std (over seeds, ddof=1; 0 for one seed) per cell of the grid."""
+def paper_key(target: str, source: str, model: str, shots: int) -> str:
+  """The key of a cell in spec.paper."""
+  return f"{target}|{source}|{model}|{shots}"
+
+
+def summarise(rows: Sequence[Dict], paper=None) -> List[Dict]:
+  """Mean and std (over seeds, ddof=1; 0 for one seed) per cell of the grid,
+  and the paper's value (%) where `paper` (spec.paper) has the cell."""
+  paper = paper or {}
   cells = {}
   for row in rows:
     key = (row["source"], row["model"], row["target"], row["shots"],
@@ -163,7 +174,9 @@ def summarise(rows: Sequence[Dict]) -> List[Dict]:
                 "shots": shots, "metric": metric,
                 "mean": float(np.mean(values)),
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                "seeds": len(values)})
+                "seeds": len(values),
+                "paper": paper.get(paper_key(target, source, model, shots),
+                                   "")})
   return out
 
 
@@ -189,43 +202,87 @@ def markdown_table(summary: Sequence[Dict]) -> str:
     values = []
     for target, shots in columns:
       s = cell.get((source, model, target, shots))
-      values.append(f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
-                    if s else "-")
+      text = f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}" if s else "-"
+      if s and s["paper"] != "":
+        text += f" (paper {s['paper']:.1f})"
+      values.append(text)
     lines.append("| " + " | ".join([source, model] + values) + " |")
   metrics = sorted({s["metric"] for s in summary})
-  return "\n".join(lines) + f"\n\nMetric: {', '.join(metrics)} (%), mean ± std over seeds.\n"
+  return "\n".join(lines) + (
+      f"\n\nMetric: {', '.join(metrics)} (%), mean ± std over seeds; "
+      "(paper: Cherti & Jitsev 2021, mean of 5 seeds).\n")
 
 
-def plot(summary: Sequence[Dict], directory: str) -> List[str]:
-  """One PNG per (target, model): metric vs shots, one line per source; the
-  full-shot result sits at the right end of the axis."""
+def _line_plot(cells: Sequence[Dict], x_key: str, ticks: Sequence,
+               tick_names: Sequence[str], line_key: str, line_name,
+               x_label: str, title: str, path: str) -> str:
+  """Mean +- std of `cells` against cell[x_key] (in the order of `ticks`),
+  one line per cell[line_key]; the paper's values as open markers."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  x = {k: i for i, k in enumerate(ticks)}
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for line in dict.fromkeys(c[line_key] for c in cells):
+    points = sorted((x[c[x_key]], c["mean"], c["std"], c["paper"])
+                    for c in cells if c[line_key] == line)
+    xs, means, stds, papers = zip(*points)
+    drawn = ax.errorbar(xs, 100 * np.array(means), yerr=100 * np.array(stds),
+                        marker="o", capsize=3, label=line_name(line))
+    paper = [(px, p) for px, p in zip(xs, papers) if p != ""]
+    if paper:
+      ax.plot(*zip(*paper), linestyle="none", marker="s", fillstyle="none",
+              color=drawn.lines[0].get_color())
+  ax.set_xticks(range(len(ticks)), tick_names)
+  ax.set_xlabel(x_label)
+  ax.set_ylabel(f"{cells[0]['metric']} (%)")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot(summary: Sequence[Dict], directory: str,
+         source_sizes=None) -> List[str]:
+  """The paper's figures, one PNG each (squares: the paper's values):
+  per (target, model) metric vs shots (full shot at the right end), a line
+  per source; per (target, shots) metric vs model size, a line per source;
+  per (target, model) metric vs source ordered by upstream size
+  (`source_sizes`: name -> images), a line per shot count."""
+  sizes = dict(source_sizes or {})
+  order = lambda k: (k == 0, k)  # noqa: E731
   paths = []
   for target, model in dict.fromkeys((s["target"], s["model"])
                                      for s in summary):
     cells = [s for s in summary if s["target"] == target and s["model"] == model]
-    shots = sorted({s["shots"] for s in cells}, key=lambda k: (k == 0, k))
-    x = {k: i for i, k in enumerate(shots)}
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for source in dict.fromkeys(s["source"] for s in cells):
-      points = sorted((x[s["shots"]], s["mean"], s["std"]) for s in cells
-                      if s["source"] == source)
-      xs, means, stds = zip(*points)
-      ax.errorbar(xs, 100 * np.array(means), yerr=100 * np.array(stds),
-                  marker="o", capsize=3, label=source)
-    ax.set_xticks(range(len(shots)), [shots_name(k) for k in shots])
-    ax.set_xlabel("training examples per class")
-    ax.set_ylabel(f"{cells[0]['metric']} (%)")
-    ax.set_title(f"{target}, {model}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = os.path.join(directory, f"plot_{target}_{model}.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    paths.append(path)
+    shots = sorted({s["shots"] for s in cells}, key=order)
+    paths.append(_line_plot(
+        cells, "shots", shots, [shots_name(k) for k in shots], "source", str,
+        "training examples per class", f"{target}, {model}",
+        os.path.join(directory, f"plot_{target}_{model}.png")))
+    sources = sorted({s["source"] for s in cells},
+                     key=lambda n: (sizes.get(n, 0), n))
+    if len(sources) > 1:
+      paths.append(_line_plot(
+          cells, "source", sources,
+          [f"{n}\n({sizes[n]:,})" if n in sizes else n for n in sources],
+          "shots", shots_name, "upstream data (images)",
+          f"{target}, {model}: by source",
+          os.path.join(directory, f"plot_{target}_{model}_by_source.png")))
+  models = list(dict.fromkeys(s["model"] for s in summary))
+  if len(models) > 1:
+    for target, shots in dict.fromkeys((s["target"], s["shots"])
+                                       for s in summary):
+      cells = [s for s in summary
+               if s["target"] == target and s["shots"] == shots]
+      paths.append(_line_plot(
+          cells, "model", models, models, "source", str, "model",
+          f"{target}, {shots_name(shots)}: by model size",
+          os.path.join(directory,
+                       f"plot_{target}_{shots_name(shots)}_by_model.png")))
   return paths
 
 
@@ -234,7 +291,7 @@ def aggregate(spec, jobs: Sequence[Job]) -> str:
   rows = collect(jobs)
   if not rows:
     return "No finished jobs yet.\n"
-  summary = summarise(rows)
+  summary = summarise(rows, dict(spec.paper))
   os.makedirs(spec.workdir, exist_ok=True)
   _write_csv(os.path.join(spec.workdir, "results.csv"), rows)
   _write_csv(os.path.join(spec.workdir, "summary.csv"), summary)
@@ -243,7 +300,7 @@ def aggregate(spec, jobs: Sequence[Job]) -> str:
   with atomic_files.open_atomically(summary_md) as f:
     f.write(f"# {spec.name}\n\n{len(rows)} of {len(jobs)} jobs finished.\n\n"
             + table)
-  plots = plot(summary, spec.workdir)
+  plots = plot(summary, spec.workdir, dict(spec.source_sizes))
   logging.info("Wrote %s/summary.{csv,md}, results.csv and %s.",
                spec.workdir, ", ".join(plots))
   return table
@@ -264,6 +321,15 @@ def default_spec() -> ml_collections.ConfigDict:
   s.args = ""  # Extra config arguments for every job, e.g. 'res=128'.
   s.fewshot_args = ""  # ... for few-shot jobs only,
   s.full_args = ""  # ... for full-shot jobs only.
+  # Source name -> extra config arguments of its jobs (e.g. 'norm=imagenet'
+  # for a source trained on ImageNet-normalised inputs).
+  s.source_args = ml_collections.ConfigDict()
+  # Target -> its shots, where they differ from `shots`.
+  s.target_shots = ml_collections.ConfigDict()
+  # Source name -> number of upstream images (orders the by-source figure).
+  s.source_sizes = ml_collections.ConfigDict()
+  # paper_key(target, source, model, shots) -> the paper's value (%).
+  s.paper = ml_collections.ConfigDict()
   return s
 
 

@@ -14,7 +14,9 @@ Arguments (comma-separated key=value):
   steps, batch, eval_batch, lr, res, resize: override the rule (e.g. for
   CPU demos);
   eval_split: e.g. 'test[:20%]'; data_dir: the TFDS data_dir.
-  recipe  'bit' (default) or 'seed' (below).
+  recipe  'bit' (default) or 'seed' (below);
+  norm    the input normalisation the init checkpoint expects
+          (config.data.normalization: minus_one_one (default) or imagenet).
 The rule (hyperrule.py): schedule and MixUp from the training-set size,
 resize/crop from the image size; lr 0.003 per 512 images, SGD momentum 0.9,
 no weight decay, zero-initialised new head. recipe=seed is the seed paper's
@@ -24,8 +26,8 @@ PyTorch initialises a fresh Conv2d (random, not zero); padchest_cl on the
 seed's PadChest (cxr_padchest_seed: its views, substring findings and
 90/10 split by image) at 224 px with the CXR augmentation, tuberculosis on
 its 85/15 split per set (cxr_tuberculosis/seed), Flowers trained on the
-official test split and tested on train+validation, full-shot COVIDx with
-class-balanced sampling. Inputs are
+official test split and tested on train+validation, full-shot COVIDx and
+Flowers with class-balanced sampling. Inputs are
 normalised as the model's checkpoint expects: --config.data.normalization=
 imagenet for the seed's ImageNet-1k/21k models. Any key can still be
 overridden with --config.key=value.
@@ -67,7 +69,8 @@ ARGUMENTS = {"target": config_lib.one_of(*sorted(TARGETS)), "init": str,
              "model": str, "shots": int, "seed": int, "steps": int,
              "batch": int, "eval_batch": int, "lr": float, "res": int,
              "resize": int, "eval_split": str, "data_dir": str,
-             "recipe": config_lib.one_of("bit", "seed")}
+             "recipe": config_lib.one_of("bit", "seed"),
+             "norm": config_lib.one_of("minus_one_one", "imagenet")}
 
 
 def _apply_seed_data(c, target: str) -> None:
@@ -81,8 +84,9 @@ def _apply_seed_data(c, target: str) -> None:
     c.data.builder_config = "seed"
   elif target == "oxford_flowers102":  # Its 6,149 test images train.
     c.data.train_split, c.data.eval_split = "test", "train+validation"
-  elif target == "covidx" and not c.data.examples_per_class:
-    c.data.class_balanced = True  # WeightedRandomSampler, full-shot.
+  # Full-shot COVIDx and Flowers: its WeightedRandomSampler (oversampling).
+  if target in ("covidx", "oxford_flowers102") and not c.data.examples_per_class:
+    c.data.class_balanced = True
 
 
 def get_config(arg: str = ""):
@@ -122,6 +126,8 @@ def get_config(arg: str = ""):
     _apply_seed_data(c, target)
   if "steps" in args:
     c.total_steps = args["steps"]
+  if "norm" in args:
+    c.data.normalization = args["norm"]
   if "data_dir" in args:
     c.data.data_dir = args["data_dir"]
   if "eval_split" in args:

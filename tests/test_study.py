@@ -131,3 +131,69 @@ def test_run_mode_trains_skips_and_tabulates(tiny_fmnist_data_dir, tmp_path):
   assert os.path.getmtime(os.path.join(jobs[0].workdir,
                                        "results.json")) == mtime
   assert "scratch" in study.aggregate(spec, jobs)
+
+
+def test_paper_figures_and_numbers_beside_ours(tmp_path):
+  """Two models, two sources with per-model checkpoints and sizes, per-target
+  shots, the paper's number in the table and the three kinds of figure."""
+  spec = _spec(str(tmp_path), models=("R26x1", "R50x1"),
+               sources={"small": "/ckpt/{model}.npz", "big": "/ckpt/big_{model}"},
+               targets=("fmnist_5to9", "cifar10"), shots=(1, 0),
+               full_seeds=(), seeds=(0, 1))
+  spec.target_shots = {"cifar10": (0,)}
+  spec.source_sizes = {"small": 1000, "big": 5000}
+  spec.source_args = {"big": "norm=imagenet"}
+  spec.paper = {study.paper_key("cifar10", "big", "R50x1", 0): 97.8}
+  jobs = study.expand(spec)
+  assert len(jobs) == 2 * 2 * (2 * 2 + 1 * 2)
+  big_r50 = [j for j in jobs if j.source == "big" and j.model == "R50x1"][0]
+  assert "init=/ckpt/big_R50x1" in big_r50.config_arg
+  assert big_r50.config_arg.endswith("norm=imagenet")
+  assert not [j for j in jobs if j.target == "cifar10" and j.shots == 1]
+  for i, job in enumerate(jobs):
+    _finish(job, 0.9 + 0.001 * i)
+  table = study.aggregate(spec, jobs)
+  big_row = [line for line in table.splitlines()
+             if line.startswith("| big | R50x1 |")][0]
+  assert "(paper 97.8)" in big_row
+  assert table.count("(paper ") == 1  # Only where the paper has the cell.
+  names = sorted(n for n in os.listdir(spec.workdir) if n.endswith(".png"))
+  assert names == sorted(
+      [f"plot_{t}_{m}.png" for t in ("fmnist_5to9", "cifar10")
+       for m in ("R26x1", "R50x1")]
+      + [f"plot_{t}_{m}_by_source.png" for t in ("fmnist_5to9", "cifar10")
+         for m in ("R26x1", "R50x1")]
+      + ["plot_fmnist_5to9_1shot_by_model.png",
+         "plot_fmnist_5to9_full_by_model.png", "plot_cifar10_full_by_model.png"])
+
+
+def test_paper_presets_cover_the_papers_grid_and_numbers():
+  """The presets expand to the paper's grid (R50x1 and R152x4, seeds 0-4,
+  the paper's shots per target) and carry its headline numbers."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  specs = {}
+  for name in ("seed_natural", "seed_medical"):
+    loader = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO, "configs", "studies", f"{name}.py"))
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    specs[name] = study.absolute_spec_paths(module.get_config())
+  natural, medical = specs["seed_natural"], specs["seed_medical"]
+  jobs = study.expand(natural)
+  assert {j.model for j in jobs} == {"R50x1", "R152x4"}
+  assert {j.seed for j in jobs} == {0, 1, 2, 3, 4}
+  assert {j.shots for j in jobs if j.target == "cifar10"} == {1, 5, 10, 100,
+                                                               500, 0}
+  assert {j.shots for j in jobs if j.target == "oxford_iiit_pet"} == {1, 5,
+                                                                       10, 0}
+  assert all("recipe=seed" in j.config_arg for j in jobs)
+  paper = dict(natural.paper)
+  assert paper[study.paper_key("cifar10", "imagenet21k", "R152x4", 0)] == 97.8
+  assert paper[study.paper_key("cifar100", "imagenet21k", "R50x1", 0)] == 82.5
+  paper = dict(medical.paper)
+  assert paper[study.paper_key("padchest_cl", "chexpert_mimic", "R152x4",
+                               100)] == 75.5
+  assert paper[study.paper_key("tuberculosis", "chexpert_mimic_nih_padchest",
+                               "R152x4", 0)] == 90.9
+  assert {j.shots for j in study.expand(medical) if j.target == "covidx"} == {
+      1, 5, 10, 100, 500, 0}
