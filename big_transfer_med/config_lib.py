@@ -3,12 +3,24 @@
 Locking makes a typo in a config file or a `--config.key=value` override fail
 at once with the key's name instead of being silently ignored.
 """
+import importlib.util
+import os
 from typing import Any, Callable, Dict
 
 import ml_collections
 from ml_collections import config_dict
 
 from input_pipeline import errors
+
+
+def load_sibling(config_file: str, name: str):
+  """The module in file `name` next to `config_file` (config files are
+  loaded by path, not imported as a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+  spec = importlib.util.spec_from_file_location(name[:-len(".py")], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def one_of(*options: str) -> Callable[[str], str]:

@@ -208,9 +208,11 @@ def markdown_table(summary: Sequence[Dict]) -> str:
       values.append(text)
     lines.append("| " + " | ".join([source, model] + values) + " |")
   metrics = sorted({s["metric"] for s in summary})
+  cited = any(s["paper"] != "" for s in summary)
   return "\n".join(lines) + (
-      f"\n\nMetric: {', '.join(metrics)} (%), mean ± std over seeds; "
-      "(paper: Cherti & Jitsev 2021, mean of 5 seeds).\n")
+      f"\n\nMetric: {', '.join(metrics)} (%), mean ± std over seeds"
+      + ("; (paper X): Cherti & Jitsev 2021, mean of its 5 seeds"
+         if cited else "") + ".\n")
 
 
 def _line_plot(cells: Sequence[Dict], x_key: str, ticks: Sequence,

@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from big_transfer_med import run_dir
 from big_transfer_med import train
 from input_pipeline import errors
 from input_pipeline import pipeline
@@ -116,6 +117,13 @@ def test_changed_config_is_refused_unless_allowed(tiny_fmnist_data_dir,
   config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=2)
   train.train_and_evaluate(config, workdir)
   before = _snapshot(workdir)
+
+  # A resumed run cannot switch the input normalisation.
+  other_inputs = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=2)
+  other_inputs.data.channels, other_inputs.data.normalization = 3, "imagenet"
+  with pytest.raises(errors.ConfigError,
+                     match="data.normalization: 'minus_one_one' -> 'imagenet'"):
+    run_dir.check_saved_config(workdir, other_inputs, allow_change=False)
 
   changed = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=4)
   changed.optim.base_lr = 0.2

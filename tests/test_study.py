@@ -73,6 +73,7 @@ def test_aggregate_mean_std_table_and_plot(tmp_path):
   with open(os.path.join(spec.workdir, "results.csv")) as f:
     assert len(list(csv.DictReader(f))) == len(jobs) - 1
   assert "| pretrained | R26x1 |" in table and "±" in table
+  assert "paper" not in table  # This spec cites nothing.
   assert table.splitlines()[0] == (
       "| source | model | fmnist_5to9 1shot | fmnist_5to9 5shot | "
       "fmnist_5to9 full |")
@@ -156,7 +157,8 @@ def test_paper_figures_and_numbers_beside_ours(tmp_path):
   big_row = [line for line in table.splitlines()
              if line.startswith("| big | R50x1 |")][0]
   assert "(paper 97.8)" in big_row
-  assert table.count("(paper ") == 1  # Only where the paper has the cell.
+  # Only where the paper has the cell, and the legend that says so.
+  assert table.count("(paper ") == 2 and "(paper X): Cherti" in table
   names = sorted(n for n in os.listdir(spec.workdir) if n.endswith(".png"))
   assert names == sorted(
       [f"plot_{t}_{m}.png" for t in ("fmnist_5to9", "cifar10")

@@ -31,8 +31,16 @@ TRANSFER = os.path.join(REPO, "configs", "transfer.py")
 class CxrTuberculosisTest(tfds_testing.TfrecordFiles,
                           tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = cxr_targets.CxrTuberculosis
+  BUILDER_CONFIG_NAMES_TO_TEST = ["default", "original"]
   EXAMPLE_DIR = os.path.join(TESTDATA, "cxr_tuberculosis")
   SPLITS = {"train": 7, "test": 3}  # 11 images, one truncated.
+
+
+class CxrTuberculosisSeedSplitTest(CxrTuberculosisTest):
+  # Per set int(0.85 N) train: Shenzhen 5 of 7, Montgomery 3 of 4; the
+  # truncated Shenzhen image is skipped from its split.
+  BUILDER_CONFIG_NAMES_TO_TEST = ["seed"]
+  SPLITS = {"train": 8, "test": 2}
 
 
 class CxrCovidxTest(tfds_testing.TfrecordFiles,

@@ -1,24 +1,15 @@
-"""What the two paper presets share: the paper's numbers as spec.paper, the
-fine-tuning config next to this folder, and loading a sibling file by path
-(spec files are loaded by path, not as a package)."""
-import importlib.util
+"""What the two paper presets share: the grid, the paper's numbers as
+spec.paper and the fine-tuning config next to this folder."""
 import os
 
+from big_transfer_med import config_lib
 from big_transfer_med import study
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TRANSFER = os.path.join(os.path.dirname(HERE), "transfer.py")
+TRANSFER = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "transfer.py")
 # Upstream images per source (the released datasets' image counts).
 IMAGES = {"chexpert": 223_414, "mimic": 377_110, "nih": 112_120,
           "padchest": 160_861}
-
-
-def _paper_numbers():
-  spec = importlib.util.spec_from_file_location(
-      "paper_numbers", os.path.join(HERE, "paper_numbers.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.PAPER
 
 
 def spec(name, workdir, sources, targets, shots, target_shots=None):
@@ -42,6 +33,7 @@ def spec(name, workdir, sources, targets, shots, target_shots=None):
                          (("imagenet1k", 1_281_167), ("imagenet21k", 14_197_122))
                          if n in sources})
   s.paper = {study.paper_key(t, src, m, k): v
-             for (t, src, m, k), v in _paper_numbers().items()
+             for (t, src, m, k), v in config_lib.load_sibling(
+                 __file__, "paper_numbers.py").PAPER.items()
              if t in targets and src in sources}
   return s

@@ -11,19 +11,14 @@ checkpoint), or the seed's released model.pth.tar files put there instead.
 
   python -m big_transfer_med.study --spec=configs/studies/seed_medical.py --mode=commands
 """
-import importlib.util
-import os
+from big_transfer_med import config_lib
 
 CXR_SOURCES = ("chexpert", "mimic", "padchest", "chexpert_mimic",
                "chexpert_mimic_nih", "chexpert_mimic_nih_padchest")
 
 
 def get_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "paper_presets.py")
-  spec = importlib.util.spec_from_file_location("paper_presets", path)
-  presets = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(presets)
+  presets = config_lib.load_sibling(__file__, "paper_presets.py")
   sources = {"imagenet1k": "pretrained/BiT-S-{model}.npz",
              "imagenet21k": "pretrained/BiT-M-{model}.npz"}
   sources.update({name: f"workdirs/seed_{name}_{{model}}"

@@ -11,16 +11,11 @@ spec.source_args = {'imagenet21k': 'norm=imagenet', ...}).
 
   python -m big_transfer_med.study --spec=configs/studies/seed_natural.py --mode=commands
 """
-import importlib.util
-import os
+from big_transfer_med import config_lib
 
 
 def get_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "paper_presets.py")
-  spec = importlib.util.spec_from_file_location("paper_presets", path)
-  presets = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(presets)
+  presets = config_lib.load_sibling(__file__, "paper_presets.py")
   return presets.spec(
       "Seed paper, natural targets (recipe=seed)", "workdirs/seed_natural",
       sources={"imagenet1k": "pretrained/BiT-S-{model}.npz",
