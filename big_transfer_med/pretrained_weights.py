@@ -162,17 +162,10 @@ def torch_state_dict(params: Dict[str, Any], style: str
   return out
 
 
-def _reverse_torch_names():
-  """{torch layer name in any style: (our top layer or None, our layer)}."""
-  table = {}
-  for ours, names in _TORCH_TOP.items():
-    for name in names:
-      table[name] = (ours, None)
-  table["before_head.gn"] = ("norm_pre_head", None)
-  return table
-
-
-_TORCH_TOP_TO_OURS = _reverse_torch_names()
+# Any style's top-level prefix -> our layer ('before_head.gn' in some copies).
+_TORCH_TOP_TO_OURS = {name: ours for ours, names in _TORCH_TOP.items()
+                      for name in names}
+_TORCH_TOP_TO_OURS["before_head.gn"] = "norm_pre_head"
 _TORCH_UNIT_RE = re.compile(
     r"^(?:body\.block(\d+)\.unit(\d+)|stages\.(\d+)\.blocks\.(\d+))\."
     r"(gn[123]|norm[123]|conv[123]|downsample(?:\.conv)?)\.(weight|bias)$")
@@ -186,7 +179,7 @@ def _from_torch_name(name: str) -> Optional[str]:
   name = name[len("module."):] if name.startswith("module.") else name
   prefix, _, param = name.rpartition(".")
   if prefix in _TORCH_TOP_TO_OURS:
-    ours = _TORCH_TOP_TO_OURS[prefix][0]
+    ours = _TORCH_TOP_TO_OURS[prefix]
     if ours == "root_block":
       return "root_block/kernel" if param == "weight" else None
     if ours == "head":

@@ -197,6 +197,17 @@ def patient_split(patient_ids: Sequence[str], fractions: dict, seed: int = 0
   return result
 
 
+def seed_code_split(rows: Sequence, train_fraction: float, seed: int = 42
+                    ) -> tuple:
+  """(train, test) as the seed paper's code split its datasets: numpy
+  RandomState(seed) shuffles the rows in the given order, the first
+  int(train_fraction * N) train."""
+  order = np.arange(len(rows))
+  np.random.RandomState(seed).shuffle(order)
+  cut = int(len(rows) * train_fraction)
+  return [rows[i] for i in order[:cut]], [rows[i] for i in order[cut:]]
+
+
 class CxrBuilder(base.ArrayRecordBuilderMixin, tfds.core.GeneratorBasedBuilder):
   """Base of the chest X-ray builders (configs 'default' and 'original')."""
 

@@ -96,11 +96,9 @@ def seed_selection(rows):
           if (r["Projection"] or "") in SEED_PROJECTIONS
           and (r["Labels"] or "") not in _PANDAS_NULLS
           and r["ImageID"] not in SEED_DROPPED_IMAGES]
-  order = np.arange(len(kept))
-  np.random.RandomState(SEED_SHUFFLE_SEED).shuffle(order)
-  cut = int(len(order) * SEED_TRAIN_FRACTION)
-  return {"train": [kept[i] for i in order[:cut]],
-          "test": [kept[i] for i in order[cut:]]}
+  train, test = cxr_common.seed_code_split(kept, SEED_TRAIN_FRACTION,
+                                          SEED_SHUFFLE_SEED)
+  return {"train": train, "test": test}
 
 
 def read_csv(path: epath.Path):

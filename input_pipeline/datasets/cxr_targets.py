@@ -7,7 +7,6 @@ Both store grey images like the other chest X-ray builders (configs
 import os
 import re
 
-import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
@@ -137,11 +136,9 @@ def _seed_tb_split(groups) -> dict:
   for source in _TB_SETS:
     rows = sorted((r for (s, _), rs in groups.items() if s == source
                    for r in rs), key=lambda r: r["source_path"])
-    order = np.arange(len(rows))
-    np.random.RandomState(42).shuffle(order)
-    cut = int(len(rows) * 0.85)
-    splits["train"] += [rows[i] for i in order[:cut]]
-    splits["test"] += [rows[i] for i in order[cut:]]
+    train, test = cxr_common.seed_code_split(rows, 0.85)
+    splits["train"] += train
+    splits["test"] += test
   return splits
 
 
