@@ -101,9 +101,10 @@ def matmul_peak(size: int = 2048, repeats: int = 5,
 
 
 def _parts(model_name: str, num_classes: int, loss: str,
-           precision: str = "float32"):
+           precision: str = "float32", conv_lowering: str = "auto"):
   """Model, the trainer's optimiser (constant rate) and its train_step."""
-  model = models.get_model(model_name, num_classes, precision)
+  model = models.get_model(model_name, num_classes, precision,
+                           conv_lowering=conv_lowering)
   schedule = optim.create_schedule(0.01, 1_000_000)
   optimizer = optim.create_optimizer(schedule, weight_decay=1e-4)
   step_fn = functools.partial(train.train_step, model=model,
@@ -131,9 +132,11 @@ def _random_batch(per_device_batch: int, image_shape, num_classes: int):
 def train_step_speed(model_name: str, resolution: int, per_device_batch: int,
                      steps: int, channels: int = 3, num_classes: int = 1000,
                      loss: str = "softmax_xent", peak=None,
-                     precision: str = "float32") -> Dict[str, Any]:
+                     precision: str = "float32", conv_lowering: str = "auto"
+                     ) -> Dict[str, Any]:
   """Step time, images/s, GFLOPs/image and MFU of the trainer's step."""
-  model, optimizer, step_fn = _parts(model_name, num_classes, loss, precision)
+  model, optimizer, step_fn = _parts(model_name, num_classes, loss, precision,
+                                     conv_lowering)
   image_shape = (resolution, resolution, channels)
   state = parallel.replicate(train.create_train_state(
       config_lib.base_config(), model, optimizer, image_shape))
@@ -155,6 +158,7 @@ def train_step_speed(model_name: str, resolution: int, per_device_batch: int,
   record = {"measurement": "train_step", "model": model_name,
             "resolution": resolution, "per_device_batch": per_device_batch,
             "precision": precision, "steps": steps,
+            "conv_lowering": models.resolve_conv_lowering(conv_lowering),
             "step_seconds": seconds, "step_seconds_min": float(min(times)),
             "images_per_sec": devices * per_device_batch / seconds,
             **_device()}
@@ -175,10 +179,11 @@ def _flops(compiled) -> float:
 
 def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
                       channels: int = 3, num_classes: int = 1000,
-                      loss: str = "softmax_xent", precision: str = "float32"
-                      ) -> Dict[str, Any]:
+                      loss: str = "softmax_xent", precision: str = "float32",
+                      conv_lowering: str = "auto") -> Dict[str, Any]:
   """Device memory of one compiled train step (no step is run)."""
-  model, optimizer, fn = _parts(model_name, num_classes, loss, precision)
+  model, optimizer, fn = _parts(model_name, num_classes, loss, precision,
+                                conv_lowering)
   image_shape = (resolution, resolution, channels)
   state = jax.eval_shape(lambda: train.create_train_state(
       config_lib.base_config(), model, optimizer, image_shape))
@@ -200,6 +205,7 @@ def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
   return emit({"measurement": "train_step_memory", "model": model_name,
                "resolution": resolution, "per_device_batch": per_device_batch,
                "precision": precision,
+               "conv_lowering": models.resolve_conv_lowering(conv_lowering),
                "parameters": params, "peak_bytes": peak,
                "peak_gib": peak / 2 ** 30,
                **{f"{k}_bytes": v for k, v in parts.items()}, **_device()})
@@ -237,7 +243,8 @@ def end_to_end(config, steps: int) -> Dict[str, Any]:
   batch (model only), in alternating blocks of `steps` (medians)."""
   data, config = _data(config)
   model, optimizer, step_fn = _parts(config.model.name, data.num_classes,
-                                     config.loss, config.model.precision)
+                                     config.loss, config.model.precision,
+                               config.model.conv_lowering)
   res = config.data.resolution
   state = parallel.replicate(train.create_train_state(
       config, model, optimizer, (res, res, config.data.channels)))
@@ -284,7 +291,8 @@ def evaluation_speed(config, passes: int) -> Dict[str, Any]:
   from big_transfer_med import evaluators  # pylint: disable=g-import-not-at-top
   data, config = _data(config)
   model, optimizer, _ = _parts(config.model.name, data.num_classes,
-                               config.loss, config.model.precision)
+                               config.loss, config.model.precision,
+                               config.model.conv_lowering)
   res = config.data.resolution
   state = parallel.replicate(train.create_train_state(
       config, model, optimizer, (res, res, config.data.channels)))
@@ -307,7 +315,8 @@ def evaluation_speed(config, passes: int) -> Dict[str, Any]:
 def timm_peer(model_name: str, resolution: int, per_device_batch: int,
               steps: int, precision: str, channels: int, num_classes: int,
               ours=None) -> Dict[str, Any]:
-  """The timm train step at the same global batch; ratio = ours / peer."""
+  """The timm train step at the same global batch; ratio = ours / peer
+  (`ours`: our train_step records, one per convolution lowering)."""
   batch = jax.local_device_count() * per_device_batch
   record = {"measurement": "peer_train_step", "model": model_name,
             "resolution": resolution, "batch": batch, "precision": precision,
@@ -316,9 +325,11 @@ def timm_peer(model_name: str, resolution: int, per_device_batch: int,
                 model_name=model_name, resolution=resolution, batch_size=batch,
                 steps=steps, warmup_steps=WARMUP_STEPS, precision=precision,
                 channels=channels, num_classes=num_classes), **_device()}
-  if ours:
-    record["ours_images_per_sec"] = ours["images_per_sec"]
-    record["ratio"] = ours["images_per_sec"] / record["peer_images_per_sec"]
+  for i, r in enumerate(ours or ()):
+    ratio = r["images_per_sec"] / record["peer_images_per_sec"]
+    if i == 0:
+      record["ours_images_per_sec"], record["ratio"] = r["images_per_sec"], ratio
+    record[f"ratio_{r['conv_lowering']}"] = ratio
   return emit(record)
 
 
@@ -367,6 +378,10 @@ def _define_flags():
                     "train/memory/timm: compute precision (model.precision).")
   flags.DEFINE_integer("channels", 3, "train/memory: image channels.")
   flags.DEFINE_integer("num_classes", 1000, "train/memory: classes.")
+  flags.DEFINE_list("conv_lowering", ["auto"],
+                    "train/memory: model.conv_lowering, one or more of "
+                    f"{', '.join(models.CONV_LOWERINGS)} (each measured; "
+                    "the timm ratio is given for each).")
   flags.DEFINE_integer("steps", 10, "Timed steps (train, e2e) or batches (input).")
   flags.DEFINE_integer("passes", 3, "eval: timed passes per evaluator.")
   flags.DEFINE_integer("peak_size", 2048, "peak: matmul size.")
@@ -402,12 +417,17 @@ def _measure(what, config) -> None:
   # MFU against the matmul peak of the precision the step computes in.
   peak = (matmul_peak(FLAGS.peak_size, dtype=models.PRECISIONS[
       FLAGS.precision])["flops_per_sec"] if "peak" in what else None)
-  ours = (train_step_speed(*model_args, FLAGS.steps, peak=peak, **shape_args)
-          if "train" in what else None)
+  lowerings = FLAGS.conv_lowering
+  for lowering in lowerings:
+    models.resolve_conv_lowering(lowering)  # Fails before any measurement.
+  ours = [train_step_speed(*model_args, FLAGS.steps, peak=peak,
+                           conv_lowering=lowering, **shape_args)
+          for lowering in lowerings] if "train" in what else None
   if "timm" in what:
     timm_peer(*model_args, FLAGS.steps, ours=ours, **shape_args)
   if "memory" in what:
-    train_step_memory(*model_args, **shape_args)
+    for lowering in lowerings:
+      train_step_memory(*model_args, conv_lowering=lowering, **shape_args)
   ours = input_speed(config, FLAGS.steps) if "input" in what else None
   if "seed_input" in what:
     seed_input_peer(config, FLAGS.peer_images, FLAGS.peer_files,

@@ -163,6 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
   # A new classifier starts at 'zeros' (BiT) or as PyTorch initialises a new
   # layer ('pytorch': the seed's fine-tuning).
   c.model.head_init = "zeros"
+  # How convolutions are computed (same parameters and values): 'native'
+  # (XLA's convolution), 'matmul' (matrix products over im2col patches,
+  # much faster on XLA:CPU) or 'auto' (matmul on the CPU, native on GPU/TPU).
+  c.model.conv_lowering = "auto"
 
   # Start from a pre-trained model (fine-tuning or continual pre-training):
   # a workdir of ours (orbax), a BiT .npz or a PyTorch BiT model.pth.tar.

@@ -121,6 +121,7 @@ RULES: Dict[str, Rule] = {
                        _parses(models.parse_name, (errors.ConfigError, TypeError))),
     "model.precision": choice(sorted(models.PRECISIONS)),
     "model.head_init": choice(models.HEAD_INITS),
+    "model.conv_lowering": choice(models.CONV_LOWERINGS),
     "init.checkpoint": string(),
     "init.allow_normalization_change": boolean(),
     "init.dont_load": sequence(Rule("regular expression",

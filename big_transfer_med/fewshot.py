@@ -160,7 +160,7 @@ def main(argv):
     config.data.resolution = f.resolution or config.data.resolution
     config.data.channels = f.channels or config.data.channels
     config.data.data_dir = paths.absolute(f.data_dir) or config.data.data_dir
-  model = models.get_model(config.model.name, None, config.model.precision)
+  model = models.from_config(config.model, None)
   evaluator = FewShotEvaluator(probe, config=config, model=model)
   results = evaluator.run(parallel.replicate(variables))
   print(json.dumps({f"fewshot/{k}": v for k, v in results.items()},

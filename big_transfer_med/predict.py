@@ -32,8 +32,7 @@ def predict(workdir: str,
   config = run_dir.load_config(workdir)
   labels = run_dir.load_labels(workdir)
   variables = run_dir.load_variables(workdir)
-  model = models.get_model(config.model.name, len(labels["label_names"]),
-                           config.model.precision)
+  model = models.from_config(config.model, len(labels["label_names"]))
   # Variables are an argument, not constants folded into the executable.
   apply = jax.jit(lambda v, images: model.apply(v, images, train=False))
   out = {}

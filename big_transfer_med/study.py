@@ -109,6 +109,8 @@ def run_jobs(spec, jobs: Sequence[Job], parallel: int = 1) -> List[str]:
   # Jobs of one study compile the same programs: share XLA's executables.
   env.setdefault("JAX_COMPILATION_CACHE_DIR",
                  os.path.join(spec.workdir, ".jax_cache"))
+  # Every executable, however quick to compile: a job starts many small ones.
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
   def run(job: Job):
     start = time.time()
@@ -133,8 +135,11 @@ def run_jobs(spec, jobs: Sequence[Job], parallel: int = 1) -> List[str]:
       with open(os.path.join(job.workdir, RESULTS_FILE)) as f:
         results = json.load(f)
       metric = results["primary_metric"]
+      compiling = results.get("timing", {}).get("compile_seconds")
       print(f"{label}: {metric} {results['metrics'][metric]:.4f} "
-            f"({seconds:.0f} s)", flush=True)
+            f"({seconds:.0f} s" + (f", compiling {compiling:.0f} s"
+                                   if compiling is not None else "") + ")",
+            flush=True)
   return failures
 
 
@@ -150,8 +155,24 @@ def collect(jobs: Sequence[Job]) -> List[Dict]:
     rows.append({"source": job.source, "model": job.model,
                  "target": job.target, "shots": job.shots, "seed": job.seed,
                  "metric": metric, "value": results["metrics"][metric],
-                 "steps": results["step"], "workdir": job.workdir})
+                 "steps": results["step"],
+                 **{k: results.get("timing", {}).get(k, "")
+                    for k in ("wall_seconds", "compile_seconds")},
+                 "workdir": job.workdir})
   return rows
+
+
+def timing_line(rows: Sequence[Dict]) -> str:
+  """Trainer wall time per job and the share of it spent compiling."""
+  timed = [r for r in rows if r["wall_seconds"] != ""]
+  if not timed:
+    return ""
+  wall = np.array([r["wall_seconds"] for r in timed])
+  compiling = np.array([r["compile_seconds"] for r in timed])
+  return (f"Time in the trainer: {wall.sum():.0f} s over {len(timed)} jobs "
+          f"({wall.min():.0f}-{wall.max():.0f} s each), of which compiling "
+          f"{compiling.sum():.0f} s ({100 * compiling.sum() / wall.sum():.0f}%)."
+          "\n")
 
 
 def paper_key(target: str, source: str, model: str, shots: int) -> str:
@@ -301,11 +322,11 @@ def aggregate(spec, jobs: Sequence[Job]) -> str:
   summary_md = os.path.join(spec.workdir, "summary.md")
   with atomic_files.open_atomically(summary_md) as f:
     f.write(f"# {spec.name}\n\n{len(rows)} of {len(jobs)} jobs finished.\n\n"
-            + table)
+            + table + "\n" + timing_line(rows))
   plots = plot(summary, spec.workdir, dict(spec.source_sizes))
   logging.info("Wrote %s/summary.{csv,md}, results.csv and %s.",
                spec.workdir, ", ".join(plots))
-  return table
+  return table + "\n" + timing_line(rows)
 
 
 def default_spec() -> ml_collections.ConfigDict:

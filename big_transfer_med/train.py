@@ -17,6 +17,7 @@ import optax
 from absl import logging
 from clu import periodic_actions
 
+from big_transfer_med import compile_clock
 from big_transfer_med import config_validation
 from big_transfer_med import evaluators
 from big_transfer_med import hyperrule
@@ -263,8 +264,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   A workdir whose config.json differs from `config` in a key that changes
   the run is refused unless `allow_config_change`. Relative paths (the
   workdir, config.init.checkpoint, config.data.data_dir) are taken from the
-  working directory. Returns the final summary, also written to results.json.
+  working directory. Returns the final summary, also written to results.json
+  (with the run's wall and compile seconds under `timing`).
   """
+  with compile_clock.CompileClock() as clock:
+    return _train_and_evaluate(config, workdir, allow_config_change, clock)
+
+
+def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
+                        clock: compile_clock.CompileClock) -> Dict[str, Any]:
   workdir = paths.absolute(workdir)
   config = paths.absolute_config_paths(config)
   config_validation.validate(config)  # Before any data is read.
@@ -272,8 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config = resolve_config(config, data)  # Final before any batch is built.
   steps_per_epoch = len(data.train) / config.batch_size
   optimizer, schedule, total_steps = optim.from_config(config, steps_per_epoch)
-  model = models.get_model(config.model.name, data.num_classes,
-                           config.model.precision, config.model.head_init)
+  model = models.from_config(config.model, data.num_classes)
   image_shape = (config.data.resolution, config.data.resolution,
                  config.data.channels)
   evals = evaluators.from_config(config, model, data)
@@ -342,6 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     summary["best_checkpoint"] = {"metric": best.metric, "step": step,
                                   "value": value}
     best.close()
+  summary["timing"] = clock.report()
   if jax.process_index() == 0:
     run_dir.write_json(os.path.join(workdir, run_dir.RESULTS_FILE), summary)
   return summary

@@ -1,6 +1,8 @@
 """Checks that every stage of scripts/demo.sh left its outputs, and that they
 parse: the upstream run (config, metrics, checkpoint, results with the linear
-probe) and the study (one results.json per job, tables, plot).
+probe) and the study (one results.json per job, tables, plot). Then prints,
+claim by claim, whether the numbers show what the demo is meant to show
+(informative: a smoke run shows none of it).
 
   python scripts/check_demo_outputs.py UPSTREAM_WORKDIR STUDY_WORKDIR
 """
@@ -59,6 +61,44 @@ def check(upstream: str, study: str) -> list:
   return problems
 
 
+def claims(upstream: str, study: str) -> list:
+  """The demo's claims about its numbers, each with 'yes' or 'no'."""
+  results = json.load(open(os.path.join(upstream, "results.json")))
+  probe = {int(k.rsplit("_", 1)[1][:-4]): v
+           for k, v in results["fewshot"].items() if k.endswith("shot")}
+  cell = {(s["source"], int(s["shots"])): (float(s["mean"]), float(s["std"]))
+          for s in csv.DictReader(open(os.path.join(study, "summary.csv")))}
+  out = [(f"upstream accuracy on classes 0-4 >= 90% "
+          f"({100 * results['metrics']['accuracy']:.1f}%)",
+          results["metrics"]["accuracy"] >= 0.90)]
+  if ("fmnist_0to4", 0) in cell:
+    out.append((f"full-shot fine-tuning >= 95% "
+                f"({100 * cell['fmnist_0to4', 0][0]:.1f}%)",
+                cell["fmnist_0to4", 0][0] >= 0.95))
+  for k in sorted(probe):
+    if k >= 5 and ("fmnist_0to4", k) in cell:
+      out.append((f"{k}-shot fine-tuning >= linear probe "
+                   f"({100 * cell['fmnist_0to4', k][0]:.1f}% vs "
+                   f"{100 * probe[k]:.1f}%)",
+                   cell["fmnist_0to4", k][0] >= probe[k]))
+  for k in sorted(shots for source, shots in cell if source == "fmnist_0to4"):
+    if ("scratch", k) not in cell:
+      continue
+    (ours, our_std), (scratch, scratch_std) = cell["fmnist_0to4", k], cell[
+        "scratch", k]
+    name = f"{k}-shot" if k else "full-shot"
+    if k:
+      out.append((f"{name}: pre-trained beats scratch by more than the larger "
+                  f"std ({100 * (ours - scratch):+.1f} vs "
+                  f"{100 * max(our_std, scratch_std):.1f} points)",
+                  ours - scratch > max(our_std, scratch_std)))
+    else:
+      out.append((f"{name}: pre-trained not worse than scratch "
+                  f"({100 * ours:.1f}% vs {100 * scratch:.1f}%)",
+                  ours >= scratch))
+  return [f"  {'yes' if ok else 'no '}  {text}" for text, ok in out]
+
+
 def main():
   upstream, study = sys.argv[1:3]
   problems = check(upstream, study)
@@ -68,6 +108,7 @@ def main():
     sys.exit(1)
   print(f"Table: {study}/summary.md; plot: {study}/plot_fmnist_5to9_R26x1.png "
         "(all outputs checked).")
+  print("What the numbers show:\n" + "\n".join(claims(upstream, study)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
 """BiT ResNet-v2: parameter counts, API, and numerics against float64 NumPy."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -81,8 +83,9 @@ def _relative_error(a, b):
                np.linalg.norm(b))
 
 
-def test_full_network_matches_float64_numpy_reference():
-  model = models.get_model("R26x1", 5)
+@pytest.mark.parametrize("lowering", ["native", "matmul"])
+def test_full_network_matches_float64_numpy_reference(lowering):
+  model = models.get_model("R26x1", 5, conv_lowering=lowering)
   images = np.random.default_rng(0).uniform(-1, 1, (2, 40, 40, 3))
   params = _random_params(model, images.shape, seed=3)
   logits = model.apply({"params": params}, jnp.asarray(images, jnp.float32))
@@ -136,28 +139,36 @@ def test_root_max_pool_pads_with_zeros():
   assert float(out[0, 0, 0, 0]) == 0.0  # The pad wins over negative inputs.
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_1x1_std_conv_as_matmul_matches_convolution_and_gradients(stride):
-  # 1x1 convolutions run as a matrix product; value and both gradients must
-  # match XLA's convolution of the standardised kernel.
-  rng = np.random.default_rng(stride)
-  x = jnp.asarray(rng.normal(size=(2, 7, 9, 8)), jnp.float32)
-  kernel = jnp.asarray(rng.normal(size=(1, 1, 8, 16)) * 2 + 1, jnp.float32)
-  conv = models.StdConv(16, (1, 1), strides=stride, padding="VALID",
-                        use_bias=False)
+@pytest.mark.parametrize("lowering", ["native", "matmul"])
+@pytest.mark.parametrize("size,stride,pad", [
+    (1, 1, 0), (1, 2, 0), (3, 1, 1), (3, 2, 1), (7, 2, 0)])
+def test_std_conv_lowerings_match_xla_convolution_and_gradients(
+    lowering, size, stride, pad):
+  # Both lowerings (matrix products over patches on the CPU, XLA's
+  # convolution on GPU/TPU): value and both gradients must match XLA's
+  # convolution of the standardised kernel at full precision.
+  rng = np.random.default_rng(size * 10 + stride)
+  x = jnp.asarray(rng.normal(size=(2, 11, 9, 8)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(size, size, 8, 16)) * 2 + 1,
+                       jnp.float32)
+  padding = ((pad, pad), (pad, pad)) if pad else "VALID"
+  conv = models.StdConv(16, (size, size), strides=stride, padding=padding,
+                        use_bias=False, lowering=lowering)
 
   def ours(x, kernel):
     return conv.apply({"params": {"kernel": kernel}}, x)
 
   def reference(x, kernel):
     return jax.lax.conv_general_dilated(
-        x, models.standardize_weight(kernel), (stride, stride), "VALID",
+        x, models.standardize_weight(kernel), (stride, stride), padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         precision=jax.lax.Precision.HIGHEST)
 
   out, ref = ours(x, kernel), reference(x, kernel)
-  assert out.shape == ref.shape == (2, -(-7 // stride), -(-9 // stride), 16)
-  assert _relative_error(out, np.asarray(ref, np.float64)) < 1e-6
+  assert out.shape == ref.shape == (
+      2, (11 + 2 * pad - size) // stride + 1, (9 + 2 * pad - size) // stride + 1,
+      16)
+  assert _relative_error(out, np.asarray(ref, np.float64)) < 1e-5
   cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
   grads = jax.vjp(ours, x, kernel)[1](cotangent)
   ref_grads = jax.vjp(reference, x, kernel)[1](cotangent)
@@ -165,11 +176,69 @@ def test_1x1_std_conv_as_matmul_matches_convolution_and_gradients(stride):
     assert _relative_error(g, np.asarray(r, np.float64)) < 1e-5
 
 
-def test_bfloat16_precision_computes_in_bf16_with_float32_params_and_outputs():
+@pytest.mark.parametrize("shape", [(3, 3, 8, 16), (1, 1, 32, 64), (7, 7, 3, 8)])
+def test_weight_standardisation_gradient_is_the_autodiff_gradient(shape):
+  # The written-out gradient against autodiff of the textbook formula.
+  def textbook(kernel):
+    axes = tuple(range(kernel.ndim - 1))
+    centred = kernel - jnp.mean(kernel, axis=axes, keepdims=True)
+    return centred / jnp.sqrt(jnp.mean(jnp.square(centred), axis=axes,
+                                       keepdims=True) + 1e-10)
+
+  rng = np.random.default_rng(len(shape) + shape[0])
+  kernel = jnp.asarray(rng.normal(size=shape) * 3 + 1, jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  out, vjp = jax.vjp(models.standardize_weight, kernel)
+  ref_out, ref_vjp = jax.vjp(textbook, kernel)
+  assert _relative_error(out, np.asarray(ref_out, np.float64)) < 1e-6
+  assert _relative_error(vjp(cotangent)[0],
+                         np.asarray(ref_vjp(cotangent)[0], np.float64)) < 1e-5
+
+
+def test_auto_lowering_is_matmul_on_cpu_and_native_elsewhere(monkeypatch):
+  assert models.resolve_conv_lowering("auto") == "matmul"  # Tests: CPU.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert models.resolve_conv_lowering("auto") == "native"
+  assert models.resolve_conv_lowering("matmul") == "matmul"
+  with pytest.raises(errors.ConfigError, match="conv_lowering='im2row'"):
+    models.get_model("R26x1", 5, conv_lowering="im2row")
+
+
+def test_whole_network_gradients_agree_between_lowerings():
+  # The trainer's gradients (loss through GroupNorm, weight standardisation
+  # and every convolution) are the same whichever lowering computes them.
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 36, 36, 3)),
+                       jnp.float32)
+  labels = jax.nn.one_hot(jnp.arange(4) % 5, 5)
+  native = models.get_model("R26x1", 5, conv_lowering="native")
+  matmul = models.get_model("R26x1", 5, conv_lowering="matmul")
+  params = _random_params(native, images.shape, seed=5)
+
+  def loss(model, params):
+    logits = model.apply({"params": params}, images)
+    return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), -1))
+
+  with jax.default_matmul_precision("highest"):
+    ref_loss, ref_grads = jax.value_and_grad(
+        lambda p: loss(native, p))(params)
+    our_loss, our_grads = jax.value_and_grad(
+        lambda p: loss(matmul, p))(params)
+  assert abs(float(our_loss) - float(ref_loss)) < 1e-5 * abs(float(ref_loss))
+  flat_ref = dict(jax.tree_util.tree_leaves_with_path(ref_grads))
+  for path, g in jax.tree_util.tree_leaves_with_path(our_grads):
+    assert _relative_error(g, np.asarray(flat_ref[path], np.float64)) < 1e-4, (
+        jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("lowering,product", [("native", "convolution"),
+                                              ("matmul", "dot_general")])
+def test_bfloat16_precision_computes_in_bf16_with_float32_params_and_outputs(
+    lowering, product):
   images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)),
                        jnp.float32)
-  fp32 = models.get_model("R26x1", 5)
-  bf16 = models.get_model("R26x1", 5, precision="bfloat16")
+  fp32 = models.get_model("R26x1", 5, conv_lowering=lowering)
+  bf16 = models.get_model("R26x1", 5, precision="bfloat16",
+                          conv_lowering=lowering)
   params = _random_params(fp32, images.shape, seed=4)
   # Same parameter tree, created in float32 (the master weights).
   shapes = jax.eval_shape(bf16.init, jax.random.PRNGKey(0), images)["params"]
@@ -181,7 +250,8 @@ def test_bfloat16_precision_computes_in_bf16_with_float32_params_and_outputs():
   assert 1e-4 < _relative_error(out, np.asarray(ref, np.float64)) < 5e-2
   hlo = jax.jit(lambda p: bf16.apply({"params": p}, images)).lower(
       params).as_text()
-  assert "convolution" in hlo and "bf16" in hlo
+  # The convolutions' products take bf16 operands.
+  assert re.search(rf"stablehlo.{product}.*tensor<[0-9x]+bf16>", hlo)
   with pytest.raises(errors.ConfigError, match="config.model.precision"):
     models.get_model("R26x1", 5, precision="float16")
 

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -131,7 +132,20 @@ def test_run_mode_trains_skips_and_tabulates(tiny_fmnist_data_dir, tmp_path):
   assert study.run_jobs(spec, jobs) == []  # Nothing left to do.
   assert os.path.getmtime(os.path.join(jobs[0].workdir,
                                        "results.json")) == mtime
-  assert "scratch" in study.aggregate(spec, jobs)
+  # One more seed: same shapes, so its process reads every executable it
+  # needs from the persistent compilation cache the jobs share.
+  spec.seeds = (0, 1, 2)
+  jobs = study.expand(spec)
+  assert study.run_jobs(spec, jobs) == []
+  with open(os.path.join(jobs[2].workdir, "results.json")) as f:
+    timing = json.load(f)["timing"]
+  assert timing["compile_cache_hits"] > 0
+  assert timing["compile_cache_misses"] == 0
+  assert 0 < timing["compile_seconds"] < timing["wall_seconds"]
+  table = study.aggregate(spec, jobs)
+  assert "scratch" in table
+  assert re.search(r"Time in the trainer: \d+ s over 3 jobs \(\d+-\d+ s "
+                   r"each\), of which compiling \d+ s \(\d+%\)", table)
 
 
 def test_paper_figures_and_numbers_beside_ours(tmp_path):
