@@ -97,16 +97,32 @@ def command(spec, job: Job) -> str:
           f"--workdir={shlex.quote(job.workdir)}")
 
 
+# Job arguments that leave every compiled program unchanged.
+_SAME_PROGRAM_ARGS = ("seed=", "shots=", "init=")
+
+
+def program_key(job: Job):
+  """Jobs with one key compile the same programs: they differ only in seed,
+  initial checkpoint or few-shot count (full-shot runs differ: MixUp)."""
+  return job.shots == 0, tuple(a for a in job.config_arg.split(",")
+                               if not a.startswith(_SAME_PROGRAM_ARGS))
+
+
 def run_jobs(spec, jobs: Sequence[Job], parallel: int = 1) -> List[str]:
   """Runs the jobs not yet done here, each as its own process (the command of
   `--mode=commands`, so a crash ends one job only), `parallel` at a time;
-  logs go to <workdir>/logs/. Returns the failures."""
+  logs go to <workdir>/logs/. Returns the failures.
+
+  The jobs share XLA's persistent compilation cache. One job per
+  `program_key` runs first (those compile different programs, so they run
+  side by side); the rest then read their executables from the cache instead
+  of compiling the same ones in parallel.
+  """
   todo = [j for j in jobs if not j.done]
   logging.info("%d of %d jobs to run.", len(todo), len(jobs))
   log_dir = os.path.join(spec.workdir, "logs")
   os.makedirs(log_dir, exist_ok=True)
   env = dict(os.environ)
-  # Jobs of one study compile the same programs: share XLA's executables.
   env.setdefault("JAX_COMPILATION_CACHE_DIR",
                  os.path.join(spec.workdir, ".jax_cache"))
   # Every executable, however quick to compile: a job starts many small ones.
@@ -121,25 +137,29 @@ def run_jobs(spec, jobs: Sequence[Job], parallel: int = 1) -> List[str]:
                                    stderr=subprocess.STDOUT, env=env)
     return job, returncode, log, time.time() - start
 
-  failures = []
+  keys = [program_key(j) for j in todo]
+  first = [j for i, j in enumerate(todo) if keys[i] not in keys[:i]]
+  rest = [j for j in todo if j not in first]
+  failures, finished = [], 0
   with futures.ThreadPoolExecutor(max(1, parallel)) as pool:
-    for i, (job, returncode, log, seconds) in enumerate(
-        pool.map(run, todo)):
-      label = (f"[{i + 1}/{len(todo)}] {job.source} {job.model} {job.target} "
-               f"{shots_name(job.shots)} seed {job.seed}")
-      if returncode or not job.done:
-        failures.append(f"{job.workdir}: exit code {returncode}, log {log}")
-        print(f"{label}: FAILED (exit code {returncode}; see {log})",
+    for phase in (first, rest):
+      for job, returncode, log, seconds in pool.map(run, phase):
+        finished += 1
+        label = (f"[{finished}/{len(todo)}] {job.source} {job.model} "
+                 f"{job.target} {shots_name(job.shots)} seed {job.seed}")
+        if returncode or not job.done:
+          failures.append(f"{job.workdir}: exit code {returncode}, log {log}")
+          print(f"{label}: FAILED (exit code {returncode}; see {log})",
+                flush=True)
+          continue
+        with open(os.path.join(job.workdir, RESULTS_FILE)) as f:
+          results = json.load(f)
+        metric = results["primary_metric"]
+        compiling = results.get("timing", {}).get("compile_seconds")
+        print(f"{label}: {metric} {results['metrics'][metric]:.4f} "
+              f"({seconds:.0f} s" + (f", compiling {compiling:.0f} s"
+                                     if compiling is not None else "") + ")",
               flush=True)
-        continue
-      with open(os.path.join(job.workdir, RESULTS_FILE)) as f:
-        results = json.load(f)
-      metric = results["primary_metric"]
-      compiling = results.get("timing", {}).get("compile_seconds")
-      print(f"{label}: {metric} {results['metrics'][metric]:.4f} "
-            f"({seconds:.0f} s" + (f", compiling {compiling:.0f} s"
-                                   if compiling is not None else "") + ")",
-            flush=True)
   return failures
 
 

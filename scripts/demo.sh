@@ -7,7 +7,8 @@
 #   bash scripts/demo.sh [extra --config.key=value flags for the pre-training]
 # Environment: WORKDIR (default workdirs, relative to the current directory),
 # FMNIST_DIR (the idx files; default /usr/share/datasets/fashion-mnist),
-# TFDS_DATA_DIR, DEMO_SMOKE=1 (every stage in a few steps: one seed, one shot
+# TFDS_DATA_DIR, JAX_COMPILATION_CACHE_DIR (default WORKDIR/.jax_cache),
+# DEMO_SMOKE=1 (every stage in a few steps: one seed, one shot
 # count; what CI runs).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +39,8 @@ tfds build --imports=input_pipeline.datasets fashion_mnist_local \
 WORKDIR="${WORKDIR:-workdirs}"
 UPSTREAM="$WORKDIR/fmnist_upstream"
 STUDY="$WORKDIR/fmnist_study"
+# One compilation cache for every stage (and for a re-run of the demo).
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$WORKDIR/.jax_cache}"
 UPSTREAM_ARGS=() STUDY_ARGS=()
 if [ "${DEMO_SMOKE:-0}" = 1 ]; then
   echo "(smoke mode: a few steps per stage)"
