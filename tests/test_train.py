@@ -120,10 +120,19 @@ def test_train_step_is_compiled_once(precision):
 
   # The naive copy first: its steps 2-3 compile the program ours reuses.
   controls = [(jax_utils.replicate, 1)] if precision == "float32" else []
-  for place, later_compiles in controls + [(parallel.replicate, 0)]:
-    steps(place(fresh()), 1, 1)
-    assert _lowerings(lambda: steps(out["state"], 2, 3)) == later_compiles, (
-        place)
+  # Counting lowerings needs no persistent cache, and writing these
+  # executables to it has crashed XLA:CPU's serialiser in a busy test worker
+  # (twice on a fresh clone; never alone): this test only reads from it.
+  min_compile_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+  try:
+    for place, later_compiles in controls + [(parallel.replicate, 0)]:
+      steps(place(fresh()), 1, 1)
+      assert _lowerings(lambda: steps(out["state"], 2, 3)) == later_compiles, (
+          place)
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      min_compile_seconds)
   state, metrics = out["state"], out["metrics"]
   assert np.all(np.asarray(metrics["finite"]) == 1)
   assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))
