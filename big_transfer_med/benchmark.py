@@ -244,7 +244,7 @@ def end_to_end(config, steps: int) -> Dict[str, Any]:
   data, config = _data(config)
   model, optimizer, step_fn = _parts(config.model.name, data.num_classes,
                                      config.loss, config.model.precision,
-                               config.model.conv_lowering)
+                                     config.model.conv_lowering)
   res = config.data.resolution
   state = parallel.replicate(train.create_train_state(
       config, model, optimizer, (res, res, config.data.channels)))

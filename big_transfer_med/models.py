@@ -49,10 +49,6 @@ def standardize_weight(kernel, eps=1e-10):
   return _standardize(kernel, eps)[0]
 
 
-def _standardize_fwd(kernel, eps):
-  return _standardize(kernel, eps)
-
-
 def _standardize_bwd(eps, residuals, grad):
   del eps
   standardized, inv_std = residuals
@@ -62,7 +58,7 @@ def _standardize_bwd(eps, residuals, grad):
   return (dw.reshape(grad.shape),)
 
 
-standardize_weight.defvjp(_standardize_fwd, _standardize_bwd)
+standardize_weight.defvjp(_standardize, _standardize_bwd)
 
 
 # config.model.conv_lowering: how convolutions are computed. 'native' is
