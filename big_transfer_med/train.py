@@ -322,22 +322,28 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
              if config.profile_steps and jax.process_index() == 0 else None)
   state = parallel.replicate(state)
   batches = parallel.prefetch(data.train_batches(config, start_step))
-  for step in range(start_step + 1, total_steps + 1):
-    state, step_metrics = p_train_step(state, next(batches))
-    save_now = store.due(step) or step == total_steps
-    log.add(step, step_metrics, check=save_now,
-            last_checkpoint=store.latest_step())
-    if profile:
-      profile(step)
-    results = (_run_evals(evals, state, step, writer, periodic=True)
-               if step < total_steps else None)
-    if results:
-      log.restart_clock()  # Evaluation time is not training speed.
-      _keep_if_best(best, step, results, state)
-    # Unreplicating costs a transfer of the state: only when saving.
-    if save_now and store.save(step, parallel.unreplicate(state),
-                               force=step == total_steps):
-      logging.info("Saved a checkpoint at step %d.", step)
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, step_metrics = p_train_step(state, next(batches))
+      save_now = store.due(step) or step == total_steps
+      log.add(step, step_metrics, check=save_now,
+              last_checkpoint=store.latest_step())
+      if profile:
+        profile(step)
+      results = (_run_evals(evals, state, step, writer, periodic=True)
+                 if step < total_steps else None)
+      if results:
+        log.restart_clock()  # Evaluation time is not training speed.
+        _keep_if_best(best, step, results, state)
+      # Unreplicating costs a transfer of the state: only when saving.
+      if save_now and store.save(step, parallel.unreplicate(state),
+                                 force=step == total_steps):
+        logging.info("Saved a checkpoint at step %d.", step)
+  except BaseException:
+    # orbax writes saves in the background: let those under way finish, so
+    # the last checkpoint an error names (e.g. a non-finite step) exists.
+    store.close()
+    raise
 
   results = _run_evals(evals, state, total_steps, writer, periodic=False)
   _keep_if_best(best, total_steps, results, state)
