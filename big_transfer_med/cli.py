@@ -133,6 +133,29 @@ def parse_flags(argv: List[str]) -> List[str]:
          + _describe(chain[-1]))
 
 
+def hide_accelerators_from_tensorflow() -> None:
+  """TF only feeds data: keep it off the accelerators JAX uses."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+
+
+# A bound turns on JAX's file lock around persistent-cache reads and writes.
+# Unbounded (JAX's default) the cache writes entries in place, so a process
+# can read another's half-written executable and crash: study jobs and test
+# workers share one cache directory.
+_SHARED_CACHE_MAX_BYTES = 16 << 30
+
+
+def lock_shared_compilation_cache() -> None:
+  """Bounds JAX's persistent compilation cache (if one is set), which makes
+  JAX lock it for every read and write."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if (jax.config.jax_compilation_cache_dir
+      and jax.config.jax_compilation_cache_max_size == -1):
+    jax.config.update("jax_compilation_cache_max_size",
+                      _SHARED_CACHE_MAX_BYTES)
+
+
 def run(main: Callable[[List[str]], None]) -> None:
   """app.run(main) with one-line user errors (see the module docstring)."""
   def guarded(argv):

@@ -23,6 +23,17 @@ def load_sibling(config_file: str, name: str):
   return module
 
 
+def load_config_file(file_and_arg: str) -> ml_collections.ConfigDict:
+  """The locked config of 'FILE.py[:ARG]', as --config=FILE.py[:ARG] gives
+  it: get_config(ARG), or get_config() without ':ARG'."""
+  head, colon, arg = file_and_arg.partition(".py:")
+  path = head + ".py" if colon else file_and_arg
+  module = load_sibling(path, os.path.basename(path))
+  config = module.get_config(arg) if colon else module.get_config()
+  config.lock()
+  return config
+
+
 def one_of(*options: str) -> Callable[[str], str]:
   """A parse_arguments type accepting only `options`."""
   def convert(value: str) -> str:

@@ -8,7 +8,6 @@ An evaluator is built once per run (its input pipelines too) as
 task adds a class here (and its settings' rules to config_validation), not
 an `if` in the trainer.
 """
-import functools
 from typing import Any, Dict
 
 import jax
@@ -57,9 +56,9 @@ class ClassificationEvaluator:
     self.metric_names = (["loss"] + ([] if data.multi_label else ["accuracy"])
                          + (["mean_auc", "map"] if settings.per_class else []))
     self._batches = data.ordered_batches(config)  # Built once per run.
-    self._step = parallel.per_device(functools.partial(
+    self._step = parallel.per_device_with(
         eval_step, model=model, loss_fn=losses.get_loss(config.loss),
-        multi_label=data.multi_label, per_class=settings.per_class))
+        multi_label=bool(data.multi_label), per_class=bool(settings.per_class))
 
   def run(self, variables) -> Dict[str, Any]:
     # Sums and outputs stay on the devices until the pass is over: one

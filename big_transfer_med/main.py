@@ -39,29 +39,12 @@ def _initialize_distributed():
                                process_id=FLAGS.process_id)
 
 
-# A bound turns on JAX's file lock around persistent-cache reads and writes.
-# Unbounded (JAX's default) the cache writes entries in place, so a process
-# can read another's half-written executable and crash: study jobs and test
-# workers share one cache directory.
-_SHARED_CACHE_MAX_BYTES = 16 << 30
-
-
-def _lock_shared_compilation_cache():
-  import jax  # pylint: disable=g-import-not-at-top
-  if (jax.config.jax_compilation_cache_dir
-      and jax.config.jax_compilation_cache_max_size == -1):
-    jax.config.update("jax_compilation_cache_max_size",
-                      _SHARED_CACHE_MAX_BYTES)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # TF only feeds data: keep it off the accelerators JAX uses.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
+  cli.hide_accelerators_from_tensorflow()
   _initialize_distributed()
-  _lock_shared_compilation_cache()
+  cli.lock_shared_compilation_cache()
   import jax  # pylint: disable=g-import-not-at-top
   from big_transfer_med import train  # pylint: disable=g-import-not-at-top
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),

@@ -1,4 +1,5 @@
 """SGD + momentum with Adaptive Gradient Clipping, weight decay and BiT schedules."""
+import functools
 from typing import Any, Optional, Sequence
 
 import ml_collections
@@ -147,6 +148,17 @@ def create_optimizer(schedule: optax.Schedule, momentum: float = 0.9,
                                max_consecutive_errors=2**30)
 
 
+@functools.lru_cache(maxsize=16)
+def _optimizer_and_schedule(peak_lr, total_steps, warmup_steps, decay_type,
+                            decay_boundaries, decay_factor, warmup_start_lr,
+                            *optimizer_settings):
+  """One (optimizer, schedule) object pair per setting, so that runs in one
+  process with equal settings reuse the train step compiled for them."""
+  schedule = create_schedule(peak_lr, total_steps, warmup_steps, decay_type,
+                             decay_boundaries, decay_factor, warmup_start_lr)
+  return create_optimizer(schedule, *optimizer_settings), schedule
+
+
 def from_config(config: ml_collections.ConfigDict, steps_per_epoch: float):
   """Builds (optimizer, schedule, total_steps) from `config`."""
   total_steps = steps_from(config, "total", steps_per_epoch)
@@ -163,16 +175,12 @@ def from_config(config: ml_collections.ConfigDict, steps_per_epoch: float):
     raise errors.ConfigError(
         "config.schedule.warmup_start='lr_over_k' needs config.schedule."
         "warmup_k (the trainer fills in the device count when it is None).")
-  schedule = create_schedule(
-      peak_lr, total_steps,
-      warmup_steps=steps_from(s, "warmup", steps_per_epoch, 0),
-      decay_type=s.decay_type,
-      decay_boundaries=steps_from(s, "decay", steps_per_epoch, ()),
-      decay_factor=s.decay_factor,
-      warmup_start_lr=(peak_lr / s.warmup_k if s.warmup_start == "lr_over_k"
-                       else 0.0))
   o = config.optim
-  optimizer = create_optimizer(schedule, o.momentum, o.nesterov,
-                               o.weight_decay, o.agc_clipping, o.agc_eps,
-                               o.weight_decay_on, o.agc_exclude)
+  optimizer, schedule = _optimizer_and_schedule(
+      peak_lr, int(total_steps), steps_from(s, "warmup", steps_per_epoch, 0),
+      s.decay_type, tuple(steps_from(s, "decay", steps_per_epoch, ())),
+      s.decay_factor,
+      peak_lr / s.warmup_k if s.warmup_start == "lr_over_k" else 0.0,
+      o.momentum, o.nesterov, o.weight_decay, o.agc_clipping, o.agc_eps,
+      o.weight_decay_on, o.agc_exclude)
   return optimizer, schedule, int(total_steps)

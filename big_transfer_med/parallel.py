@@ -4,6 +4,7 @@ copies to and from the devices, and gathers across hosts.
 Everything else calls these, so a `jit` + sharding path could replace `pmap`
 here alone. Host arrays of a batch are [local devices, per device, ...].
 """
+import functools
 import itertools
 from typing import Any, Callable, Iterator, Sequence
 
@@ -21,6 +22,16 @@ def per_device(fn: Callable, donate_argnums: Sequence[int] = (),
   inside it, `sum_over_devices` / `mean_over_devices` reduce over every device of every host."""
   return jax.pmap(fn, axis_name=AXIS, donate_argnums=tuple(donate_argnums),
                   devices=devices)
+
+
+@functools.lru_cache(maxsize=32)
+def per_device_with(fn: Callable, donate_argnums: Sequence[int] = (),
+                    **settings) -> Callable:
+  """`per_device(functools.partial(fn, **settings))`, built once per distinct
+  (fn, settings): runs in one process with equal settings (a study run with
+  --in_process) reuse its traced and compiled executables. The settings must
+  be hashable and compare by value (Flax modules do)."""
+  return per_device(functools.partial(fn, **settings), tuple(donate_argnums))
 
 
 def sum_over_devices(x):

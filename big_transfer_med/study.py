@@ -145,21 +145,61 @@ def run_jobs(spec, jobs: Sequence[Job], parallel: int = 1) -> List[str]:
     for phase in (first, rest):
       for job, returncode, log, seconds in pool.map(run, phase):
         finished += 1
-        label = (f"[{finished}/{len(todo)}] {job.source} {job.model} "
-                 f"{job.target} {shots_name(job.shots)} seed {job.seed}")
         if returncode or not job.done:
           failures.append(f"{job.workdir}: exit code {returncode}, log {log}")
-          print(f"{label}: FAILED (exit code {returncode}; see {log})",
-                flush=True)
-          continue
-        with open(os.path.join(job.workdir, RESULTS_FILE)) as f:
-          results = json.load(f)
-        metric = results["primary_metric"]
-        compiling = results.get("timing", {}).get("compile_seconds")
-        print(f"{label}: {metric} {results['metrics'][metric]:.4f} "
-              f"({seconds:.0f} s" + (f", compiling {compiling:.0f} s"
-                                     if compiling is not None else "") + ")",
-              flush=True)
+        _report(job, f"{finished}/{len(todo)}", seconds,
+                None if job.done and not returncode else
+                f"exit code {returncode}; see {log}")
+  return failures
+
+
+def _report(job: Job, progress: str, seconds: float, failure=None) -> None:
+  """Prints one line for a finished job: its metric, or why it failed."""
+  label = (f"[{progress}] {job.source} {job.model} {job.target} "
+           f"{shots_name(job.shots)} seed {job.seed}")
+  if failure:
+    print(f"{label}: FAILED ({failure})", flush=True)
+    return
+  with open(os.path.join(job.workdir, RESULTS_FILE)) as f:
+    results = json.load(f)
+  metric = results["primary_metric"]
+  compiling = results.get("timing", {}).get("compile_seconds")
+  print(f"{label}: {metric} {results['metrics'][metric]:.4f} "
+        f"({seconds:.0f} s" + (f", compiling {compiling:.0f} s"
+                               if compiling is not None else "") + ")",
+        flush=True)
+
+
+def run_jobs_in_process(spec, jobs: Sequence[Job]) -> List[str]:
+  """Runs the jobs not yet done one after another in this process. Jobs
+  whose programs agree (model, optimiser settings and schedule, shapes)
+  reuse what the first of them traced and compiled, and no job pays for
+  starting Python, TensorFlow and JAX: for many short jobs (few-shot) this
+  is much faster than a process per job. A failing job is reported and the
+  next one runs. Returns the failures."""
+  from big_transfer_med import cli  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import config_lib  # pylint: disable=g-import-not-at-top
+  cli.hide_accelerators_from_tensorflow()
+  import jax  # pylint: disable=g-import-not-at-top
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(spec.workdir, ".jax_cache"))
+  cli.lock_shared_compilation_cache()
+  from big_transfer_med import train  # pylint: disable=g-import-not-at-top
+  todo = [j for j in jobs if not j.done]
+  logging.info("%d of %d jobs to run, in this process.", len(todo), len(jobs))
+  failures = []
+  for i, job in enumerate(todo, 1):
+    start = time.time()
+    try:
+      config = config_lib.load_config_file(f"{spec.config}:{job.config_arg}")
+      train.train_and_evaluate(config, job.workdir)
+      failure = None
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception("Job %s failed.", job.workdir)
+      failure = f"{type(e).__name__}: {e}".splitlines()[0]
+      failures.append(f"{job.workdir}: {failure}")
+    _report(job, f"{i}/{len(todo)}", time.time() - start, failure)
   return failures
 
 
@@ -376,6 +416,18 @@ def default_spec() -> ml_collections.ConfigDict:
   return s
 
 
+def select_jobs(spec, jobs: Sequence[Job], sources: Sequence[str],
+                shots: Sequence[int]) -> List[Job]:
+  """The jobs of `sources` with `shots` (an empty list selects all)."""
+  unknown = sorted(set(sources) - set(spec.sources))
+  if unknown:
+    raise errors.ConfigError(
+        f"--sources: {', '.join(unknown)} not among the spec's sources "
+        f"({', '.join(spec.sources)}).")
+  return [j for j in jobs if (not sources or j.source in sources)
+          and (not shots or j.shots in shots)]
+
+
 def absolute_spec_paths(spec: ml_collections.ConfigDict
                         ) -> ml_collections.ConfigDict:
   """A checked copy of `spec` whose workdir, config file and checkpoints are
@@ -398,24 +450,42 @@ def _define_flags():
   flags.DEFINE_enum("mode", "run", ["run", "commands", "aggregate"],
                     "Run the jobs here, write jobs.txt, or only tabulate.")
   flags.DEFINE_integer("parallel", 1, "--mode=run: jobs at a time.")
+  flags.DEFINE_bool("in_process", False,
+                    "--mode=run: run the jobs one after another in this "
+                    "process (programs compiled once, no start-up per job) "
+                    "instead of a process per job.")
+  flags.DEFINE_list("shots", [],
+                    "--mode=run/commands: only the jobs with these shots "
+                    "(0 = full).")
+  flags.DEFINE_list("sources", [],
+                    "--mode=run/commands: only the jobs of these sources (by "
+                    "name), e.g. 'scratch' while a pre-training it does not "
+                    "need still runs; the tables cover every finished job.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if flags.FLAGS.in_process and flags.FLAGS.parallel != 1:
+    raise app.UsageError(
+        "--parallel applies to a process per job, not to --in_process: run "
+        "several study processes, each with its own --sources / --shots.")
   spec, mode = absolute_spec_paths(flags.FLAGS.spec), flags.FLAGS.mode
   jobs = expand(spec)
+  chosen = select_jobs(spec, jobs, flags.FLAGS.sources,
+                       [int(k) for k in flags.FLAGS.shots])
   failures = []
   if mode == "commands":
     os.makedirs(spec.workdir, exist_ok=True)
-    todo = [command(spec, j) for j in jobs if not j.done]
+    todo = [command(spec, j) for j in chosen if not j.done]
     path = os.path.join(spec.workdir, "jobs.txt")
     with atomic_files.open_atomically(path) as f:
       f.write("".join(c + "\n" for c in todo))
     print(f"Wrote {len(todo)} commands ({len(jobs) - len(todo)} jobs done) "
           f"to {path}.")
   elif mode == "run":
-    failures = run_jobs(spec, jobs, flags.FLAGS.parallel)
+    failures = (run_jobs_in_process(spec, chosen) if flags.FLAGS.in_process
+                else run_jobs(spec, chosen, flags.FLAGS.parallel))
   print(aggregate(spec, jobs))
   if failures:
     print("ERROR: failed jobs:\n  " + "\n  ".join(failures), file=sys.stderr)

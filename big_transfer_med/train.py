@@ -52,8 +52,16 @@ def variables_of(state: TrainState) -> Dict[str, Any]:
 
 def create_train_state(config, model, optimizer, image_shape) -> TrainState:
   """Initialises parameters (head zero) and optimiser state from config.seed."""
+  return _init_function(model, optimizer, tuple(image_shape))(
+      jax.random.PRNGKey(config.seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _init_function(model, optimizer, image_shape):
+  """The jitted initialiser; the seed is an argument, so one executable
+  serves every seed (and every run of one process with these settings)."""
   @jax.jit
-  def init(rng):  # The seed is an argument: one executable for every seed.
+  def init(rng):
     init_rng, state_rng = jax.random.split(rng)
     variables = flax.core.unfreeze(
         model.init(init_rng, jnp.zeros((1,) + image_shape)))
@@ -61,7 +69,7 @@ def create_train_state(config, model, optimizer, image_shape) -> TrainState:
     return TrainState(step=jnp.zeros([], jnp.int32), params=params,
                       model_state=variables, opt_state=optimizer.init(params),
                       rng=state_rng)
-  return init(jax.random.PRNGKey(config.seed))
+  return init
 
 
 def mixup(rng, alpha: float, images, labels, mask):
@@ -307,12 +315,10 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
   start_step = int(state.step)
   logging.info("%s parameters.", f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
 
-  p_train_step = parallel.per_device(
-      functools.partial(train_step, model=model,
-                        loss_fn=losses.get_loss(config.loss),
-                        optimizer=optimizer, schedule=schedule,
-                        mixup_alpha=config.mixup_alpha or 0.0),
-      donate_argnums=(0,))
+  p_train_step = parallel.per_device_with(
+      train_step, (0,), model=model, loss_fn=losses.get_loss(config.loss),
+      optimizer=optimizer, schedule=schedule,
+      mixup_alpha=float(config.mixup_alpha or 0.0))
   writer = metric_writers.create_writer(workdir, start_step)
   if start_step == 0 and jax.process_index() == 0:
     writer.write_hparams(config.to_dict())

@@ -52,7 +52,25 @@ if [ "${DEMO_SMOKE:-0}" = 1 ]; then
     --spec.fewshot_args=steps=2,batch=16,lr=0.5,eval_split='test[:5%]')
 fi
 
+SPEC="$REPO/configs/studies/fmnist_demo.py"
+study() {
+  python -m big_transfer_med.study --spec="$SPEC" --spec.workdir="$STUDY" \
+    --spec.sources.fmnist_0to4="$UPSTREAM" "${STUDY_ARGS[@]}" "$@" 2>&1 \
+    | { grep --line-buffered -vE "^[IWE][0-9]{4} |^WARNING|^I0000|oneDNN|cpu_feature_guard|rebuild TensorFlow" || true; }
+}
+start=$SECONDS
+# Study jobs run in-process (--in_process: each program is compiled once per
+# process, no start-up per job), in two processes at a time: two use the 2
+# cores of a small machine better than one (README, "Measured"). The
+# from-scratch jobs need no pre-trained model, so they run beside the
+# pre-training; then the pre-trained model's full-shot job beside its
+# few-shot jobs.
+mkdir -p "$STUDY"
+study --in_process --sources=scratch > "$STUDY/jobs_scratch.txt" &
+scratch=$!
+
 echo "== 1/2: pre-training on Fashion-MNIST classes 0-4 -> $UPSTREAM"
+echo "   (beside it, the study's from-scratch jobs -> $STUDY)"
 python -m big_transfer_med.main --config="$REPO/configs/fashion_mnist_upstream.py" \
   --workdir="$UPSTREAM" "${UPSTREAM_ARGS[@]}" "$@" 2>&1 \
   | { grep --line-buffered -E "train.py|train_metrics.py|fewshot.py|main.py|ERROR|Error" || true; }
@@ -66,9 +84,16 @@ probe = {int(k.rsplit("_", 1)[1][:-4]): v for k, v in r["fewshot"].items()
 print("Linear few-shot probe of its features on classes 5-9 (mean over seeds): "
       + ", ".join(f"{k}-shot {100 * probe[k]:.1f}%" for k in sorted(probe)))
 PY
+echo "   pre-training done at $((SECONDS - start)) s"
 
 echo "== 2/2: transfer study (fine-tuning vs from scratch) -> $STUDY"
-python -m big_transfer_med.study --spec="$REPO/configs/studies/fmnist_demo.py" --parallel=2 \
-  --spec.workdir="$STUDY" --spec.sources.fmnist_0to4="$UPSTREAM" "${STUDY_ARGS[@]}" 2>&1 \
-  | { grep --line-buffered -vE "^[IWE][0-9]{4} |^WARNING|^I0000|oneDNN|cpu_feature_guard|rebuild TensorFlow" || true; }
+study --in_process --sources=fmnist_0to4 --shots=0 > "$STUDY/jobs_full.txt" &
+full=$!
+study --in_process --sources=fmnist_0to4 --shots=1,5,10 > "$STUDY/jobs_fewshot.txt"
+for pid in "$scratch" "$full"; do wait "$pid" || true; done
+grep -h "^\[" "$STUDY"/jobs_*.txt || true
+# Runs whatever is still missing (a failed job fails here, with its error),
+# then prints the table.
+study --in_process
+echo "   study done at $((SECONDS - start)) s"
 python "$REPO/scripts/check_demo_outputs.py" "$UPSTREAM" "$STUDY"

@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache",
     "jax_tests"))
-# Bounded, the cache locks its reads and writes (workers share it; see main.py).
+# Bounded, the cache locks its reads and writes (workers share it; see cli.py).
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 << 30))
 
 import pytest  # noqa: E402

@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from big_transfer_med import study
+from input_pipeline import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,6 +151,62 @@ def test_run_mode_trains_skips_and_tabulates(tiny_fmnist_data_dir, tmp_path):
   assert "scratch" in table
   assert re.search(r"Time in the trainer: \d+ s over 2 jobs \(\d+-\d+ s "
                    r"each\), of which compiling \d+ s \(\d+%\)", table)
+
+
+def _final_params(job):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  manager = ocp.CheckpointManager(os.path.join(job.workdir, "checkpoints"))
+  return manager.restore(manager.latest_step())["params"]
+
+
+def test_in_process_jobs_equal_a_process_per_job(tiny_fmnist_data_dir,
+                                                 tmp_path):
+  """Two few-shot seeds in this process give bitwise the same models and
+  results as the same jobs run as processes, and the second job traces and
+  compiles nothing: it reuses the first one's programs."""
+  args = f"res=32,resize=36,batch=8,data_dir={tiny_fmnist_data_dir}"
+  separate, together = (
+      _spec(str(tmp_path / name), sources={"scratch": ""}, shots=(2,),
+            seeds=(0, 1), args=args, fewshot_args="steps=2")
+      for name in ("separate", "together"))
+  separate_jobs, together_jobs = study.expand(separate), study.expand(together)
+  assert study.run_jobs(separate, separate_jobs, parallel=2) == []
+  assert study.run_jobs_in_process(together, together_jobs) == []
+  for a, b in zip(separate_jobs, together_jobs):
+    results = []
+    for job in (a, b):
+      with open(os.path.join(job.workdir, "results.json")) as f:
+        results.append(json.load(f))
+    assert results[0]["metrics"] == results[1]["metrics"]
+    params_a, params_b = (_flat(_final_params(job)) for job in (a, b))
+    assert params_a and params_a.keys() == params_b.keys()
+    assert all(np.array_equal(params_a[k], params_b[k]) for k in params_a)
+  with open(os.path.join(together_jobs[1].workdir, "results.json")) as f:
+    timing = json.load(f)["timing"]
+  assert timing["compile_cache_hits"] == timing["compile_cache_misses"] == 0
+
+
+def _flat(tree, prefix=""):
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f"{prefix}/{k}"))
+    return out
+  return {prefix: np.asarray(tree)}
+
+
+def test_jobs_are_selected_by_source_and_shots(tmp_path):
+  spec = _spec(str(tmp_path))
+  jobs = study.expand(spec)
+  chosen = study.select_jobs(spec, jobs, ["scratch"], [1, 5])
+  assert {(j.source, j.shots) for j in chosen} == {("scratch", 1),
+                                                    ("scratch", 5)}
+  assert len(chosen) == 6
+  assert study.select_jobs(spec, jobs, [], []) == jobs
+  assert [j.shots for j in study.select_jobs(spec, jobs, [], [0])] == [0, 0]
+  with pytest.raises(errors.ConfigError, match=r"--sources: imagenet not "
+                     r"among the spec's sources \(pretrained, scratch\)"):
+    study.select_jobs(spec, jobs, ["imagenet"], [])
 
 
 def test_paper_figures_and_numbers_beside_ours(tmp_path):
