@@ -80,8 +80,12 @@ def test_two_hosts_match_one_host_and_resume(tiny_fmnist_data_dir, tmp_path):
   assert len(_losses(multi)) == 6
   (step_a, a), (step_b, b) = _params(single), _params(multi)
   assert step_a == step_b == 6
+  # Gradients are summed over the 4 devices in another order (gloo across the
+  # processes): float32 rounding that 6 steps of SGD + AGC carry into the
+  # weights, up to ~3e-6 on weights near zero (flip-only augmentation; the
+  # losses above agree to 1e-5).
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
-                                                       atol=1e-6), a, b)
+                                                       atol=2e-5), a, b)
   # Only process 0 writes metrics and results: one TensorBoard file per leg.
   assert len(glob.glob(str(multi / "events.out.tfevents.*"))) == 2
   results = json.load(open(multi / "results.json"))
