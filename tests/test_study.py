@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from big_transfer_med import study
 from input_pipeline import errors
@@ -178,21 +179,13 @@ def test_in_process_jobs_equal_a_process_per_job(tiny_fmnist_data_dir,
       with open(os.path.join(job.workdir, "results.json")) as f:
         results.append(json.load(f))
     assert results[0]["metrics"] == results[1]["metrics"]
-    params_a, params_b = (_flat(_final_params(job)) for job in (a, b))
+    params_a, params_b = (traverse_util.flatten_dict(_final_params(job))
+                          for job in (a, b))
     assert params_a and params_a.keys() == params_b.keys()
     assert all(np.array_equal(params_a[k], params_b[k]) for k in params_a)
   with open(os.path.join(together_jobs[1].workdir, "results.json")) as f:
     timing = json.load(f)["timing"]
   assert timing["compile_cache_hits"] == timing["compile_cache_misses"] == 0
-
-
-def _flat(tree, prefix=""):
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flat(v, f"{prefix}/{k}"))
-    return out
-  return {prefix: np.asarray(tree)}
 
 
 def test_jobs_are_selected_by_source_and_shots(tmp_path):
