@@ -472,8 +472,13 @@ def main(argv):
         "several study processes, each with its own --sources / --shots.")
   spec, mode = absolute_spec_paths(flags.FLAGS.spec), flags.FLAGS.mode
   jobs = expand(spec)
-  chosen = select_jobs(spec, jobs, flags.FLAGS.sources,
-                       [int(k) for k in flags.FLAGS.shots])
+  try:
+    shots = [int(k) for k in flags.FLAGS.shots]
+  except ValueError:
+    raise errors.ConfigError(
+        f"--shots={','.join(flags.FLAGS.shots)}: expected whole numbers "
+        "(0 = full-shot), e.g. --shots=1,5,10.") from None
+  chosen = select_jobs(spec, jobs, flags.FLAGS.sources, shots)
   failures = []
   if mode == "commands":
     os.makedirs(spec.workdir, exist_ok=True)
