@@ -203,6 +203,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = "softmax_xent"
   c.batch_size = 256  # Global, over all devices and hosts.
+  # Gradient accumulation: each device's share of the batch is split into
+  # this many micro-batches inside the compiled step (one optimiser update
+  # per global batch): the same update in less device memory.
+  c.accum_steps = 1
   c.total_steps = config_dict.placeholder(int)
   c.total_epochs = config_dict.placeholder(float)
 

@@ -163,6 +163,7 @@ RULES: Dict[str, Rule] = {
     "data.exclusive": boolean(),
     "loss": choice(sorted(losses.LOSSES)),
     "batch_size": integer(1),
+    "accum_steps": integer(1),
     "total_steps": integer(0, optional=True),
     "total_epochs": number(0, optional=True),
     "schedule.decay_type": choice(("step", "cosine", "constant")),

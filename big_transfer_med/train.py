@@ -82,30 +82,64 @@ def mixup(rng, alpha: float, images, labels, mask):
   return mix(images), mix(labels), mask * mask[::-1], lam
 
 
+def summed_loss_and_grads(params, model_state, examples, *, model, loss_fn,
+                          accum_steps: int = 1):
+  """(summed loss, example count, model state, summed gradient) over
+  `examples` = (images, labels, mask), in `accum_steps` micro-batches run
+  one after another (lax.scan), so that only one micro-batch's activations
+  are live. Sums, not means, so the result equals the unsplit one up to
+  float32 summation order. Collections the model updates (BatchNorm) are
+  updated per micro-batch, as the seed's batch_split does."""
+  def micro_batch(model_state, images, labels, mask):
+    def loss_of(params):
+      variables = {"params": params, **model_state}
+      if model_state:  # Collections the model updates (BatchNorm).
+        logits, new_state = model.apply(variables, images, train=True,
+                                        mutable=list(model_state))
+      else:
+        logits, new_state = model.apply(variables, images, train=True), {}
+      total, count = loss_fn(logits, labels, mask)
+      return total, (count, new_state)
+    (total, (count, new_state)), grads = jax.value_and_grad(
+        loss_of, has_aux=True)(params)
+    return total, count, new_state, grads
+
+  if accum_steps == 1:
+    return micro_batch(model_state, *examples)
+  micro = tuple(x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:])
+                for x in examples)
+
+  def add_micro_batch(sums, micro_examples):
+    total, count, state_now, grads = sums
+    t, c, state_now, g = micro_batch(state_now, *micro_examples)
+    return (total + t, count + c, state_now, jax.tree.map(jnp.add, grads, g)), None
+
+  shapes = jax.eval_shape(micro_batch, model_state, *(x[0] for x in micro))
+  zeros = lambda tree: jax.tree.map(  # noqa: E731
+      lambda s: jnp.zeros(s.shape, s.dtype), tree)
+  sums, _ = jax.lax.scan(
+      add_micro_batch,
+      (zeros(shapes[0]), zeros(shapes[1]), model_state, zeros(shapes[3])),
+      micro)
+  return sums
+
+
 def train_step(state: TrainState, batch, *, model, loss_fn, optimizer,
-               schedule, mixup_alpha: float = 0.0):
-  """One SGD step on this device's share of the global batch."""
+               schedule, mixup_alpha: float = 0.0, accum_steps: int = 1):
+  """One SGD step on this device's share of the global batch, in
+  `accum_steps` micro-batches."""
   images, labels, mask = batch["image"], batch["labels"], losses.loss_mask(batch)
   step_metrics = {}
   if mixup_alpha:
     # One lambda per step, the same on every device (the key is replicated);
-    # each device mixes within its share of the batch.
+    # each device mixes within its share of the batch, before it is split
+    # into micro-batches, so that accumulation changes nothing.
     rng = jax.random.fold_in(state.rng, state.step)
     images, labels, mask, step_metrics["mixup_lambda"] = mixup(
         rng, mixup_alpha, images, labels, mask)
-
-  def loss_of(params):
-    variables = {"params": params, **state.model_state}
-    if state.model_state:  # Collections the model updates (BatchNorm).
-      logits, model_state = model.apply(variables, images, train=True,
-                                        mutable=list(state.model_state))
-    else:
-      logits, model_state = model.apply(variables, images, train=True), {}
-    total, count = loss_fn(logits, labels, mask)
-    return total, (count, model_state)
-
-  (total, (count, model_state)), grads = jax.value_and_grad(
-      loss_of, has_aux=True)(state.params)
+  total, count, model_state, grads = summed_loss_and_grads(
+      state.params, state.model_state, (images, labels, mask), model=model,
+      loss_fn=loss_fn, accum_steps=accum_steps)
   count = jnp.maximum(parallel.sum_over_devices(count), 1.0)
   grads = jax.tree.map(lambda g: parallel.sum_over_devices(g) / count, grads)
   loss = parallel.sum_over_devices(total) / count
@@ -136,6 +170,17 @@ def _classification_eval(config) -> Tuple[str, Any]:
                if e.type == "classification"), (None, None))
 
 
+def check_micro_batches(batch_size: int, devices: int, accum_steps: int) -> None:
+  """global batch = devices x micro-batch x accum_steps, in whole numbers."""
+  if batch_size % (devices * accum_steps):
+    per_device = batch_size / devices
+    raise errors.ConfigError(
+        f"config.batch_size={batch_size} over {devices} devices is "
+        f"{per_device:g} per device, which config.accum_steps={accum_steps} "
+        "cannot split into equal micro-batches: choose them so that "
+        "batch_size = devices x micro-batch x accum_steps.")
+
+
 def resolve_config(config, data) -> ml_collections.ConfigDict:
   """The run's final config: BiT-HyperRule applied (if asked) from the data's
   size, the seed's warmup K and the primary metric chosen, and what they
@@ -144,6 +189,7 @@ def resolve_config(config, data) -> ml_collections.ConfigDict:
   if config.schedule.warmup_start == "lr_over_k" and not config.schedule.warmup_k:
     config.schedule.warmup_k = jax.device_count()
   config_validation.validate(config, resolved=True)
+  check_micro_batches(config.batch_size, jax.device_count(), config.accum_steps)
   name, settings = _classification_eval(config)
   reported = [] if name is None else (
       ["loss"] + ([] if data.multi_label else ["accuracy"])
@@ -318,7 +364,8 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
   p_train_step = parallel.per_device_with(
       train_step, (0,), model=model, loss_fn=losses.get_loss(config.loss),
       optimizer=optimizer, schedule=schedule,
-      mixup_alpha=float(config.mixup_alpha or 0.0))
+      mixup_alpha=float(config.mixup_alpha or 0.0),
+      accum_steps=config.accum_steps)
   writer = metric_writers.create_writer(workdir, start_step)
   if start_step == 0 and jax.process_index() == 0:
     writer.write_hparams(config.to_dict())

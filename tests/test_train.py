@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from big_transfer_med import train
+from input_pipeline import errors
 from tests import fmnist_fixtures
 
 
@@ -137,3 +138,100 @@ def test_train_step_is_compiled_once(precision):
   assert np.all(np.asarray(metrics["finite"]) == 1)
   assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))
           if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype("float32")}
+
+
+def _steps_with_accumulation(accum_steps, loss, batches, mixup_alpha):
+  """The initial and final train state and the per-step losses after
+  `batches` on the local devices."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import config_lib, losses, models, optim, parallel  # pylint: disable=g-import-not-at-top
+  num_classes = batches[0]["labels"].shape[-1]
+  model = models.get_model("R26x1", num_classes, "float32")
+  schedule = optim.create_schedule(0.1, 10, warmup_steps=2)
+  # AGC on: it must see the accumulated gradient, not a micro-batch's.
+  optimizer = optim.create_optimizer(schedule, weight_decay=1e-4,
+                                     agc_clipping=0.01)
+  step = parallel.per_device(functools.partial(
+      train.train_step, model=model, loss_fn=losses.get_loss(loss),
+      optimizer=optimizer, schedule=schedule, mixup_alpha=mixup_alpha,
+      accum_steps=accum_steps))
+  initial = train.create_train_state(config_lib.base_config(), model,
+                                     optimizer, (32, 32, 1))
+  state, step_losses = parallel.replicate(initial), []
+  for batch in batches:
+    state, metrics = step(state, parallel.to_devices(batch))
+    step_losses.append(float(parallel.unreplicate(metrics["train_loss"])))
+  return initial, parallel.unreplicate(state), step_losses
+
+
+@pytest.mark.parametrize("loss", ["softmax_xent", "sigmoid_xent"])
+def test_accumulated_micro_batches_give_the_unsplit_update(loss):
+  """8 examples per device (2 devices) as 1 x 8, 4 x 2 and 8 x 1
+  micro-batches: the same losses, parameters and momentum after 3 steps
+  (float32 summation order aside: up to 2e-6 seen on the head's momentum),
+  with MixUp (softmax), missing labels (sigmoid) and padding examples."""
+  n, per_device, num_classes = jax.local_device_count(), 8, 5
+  rng = np.random.default_rng(0)
+  batches = []
+  for _ in range(3):
+    batch = {"image": rng.normal(size=(n, per_device, 32, 32, 1)).astype(np.float32),
+             "mask": np.ones((n, per_device), np.float32)}
+    batch["mask"][:, 2] = batch["mask"][:, -1] = 0  # Padding.
+    if loss == "softmax_xent":
+      batch["labels"] = np.eye(num_classes, dtype=np.float32)[
+          rng.integers(0, num_classes, (n, per_device))]
+    else:
+      batch["labels"] = (rng.random((n, per_device, num_classes)) < 0.3
+                         ).astype(np.float32)
+      batch["label_mask"] = (rng.random((n, per_device, num_classes)) < 0.8
+                             ).astype(np.float32)
+    batches.append(batch)
+  mixup_alpha = 0.1 if loss == "softmax_xent" else 0.0
+  initial, reference, reference_losses = _steps_with_accumulation(
+      1, loss, batches, mixup_alpha)
+  assert max(float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(initial.params), jax.tree.leaves(reference.params))) > 1e-3
+  for accum_steps in (4, 8):
+    _, state, step_losses = _steps_with_accumulation(accum_steps, loss,
+                                                     batches, mixup_alpha)
+    np.testing.assert_allclose(step_losses, reference_losses, rtol=1e-5)
+    for (path, got), want in zip(
+        jax.tree_util.tree_leaves_with_path((state.params, state.opt_state)),
+        jax.tree.leaves((reference.params, reference.opt_state))):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
+                                 err_msg=f"{accum_steps}{jax.tree_util.keystr(path)}")
+
+
+def test_micro_batches_must_split_the_device_batch():
+  train.check_micro_batches(256, 8, 4)  # 32 per device, micro-batch 8.
+  with pytest.raises(errors.ConfigError, match=(
+      r"config.batch_size=48 over 8 devices is 6 per device, which "
+      r"config.accum_steps=4 cannot split")):
+    train.check_micro_batches(48, 8, 4)
+
+
+def test_accumulation_changes_memory_not_the_run(tiny_fmnist_data_dir, tmp_path):
+  """A run in micro-batches ends where the unsplit run ends (same data
+  order, metrics within float32 reordering), and a workdir may be continued
+  with another accumulation (e.g. on other hardware)."""
+  runs = {}
+  for accum_steps in (1, 4):
+    config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=3,
+                                         batch_size=16)
+    config.accum_steps = accum_steps
+    workdir = str(tmp_path / f"accum{accum_steps}")
+    runs[accum_steps] = (train.train_and_evaluate(config, workdir), workdir)
+  (unsplit, unsplit_dir), (split, split_dir) = runs[1], runs[4]
+  np.testing.assert_allclose(
+      [r["train_loss"] for r in _read_metrics(split_dir) if "train_loss" in r],
+      [r["train_loss"] for r in _read_metrics(unsplit_dir) if "train_loss" in r],
+      rtol=1e-5)
+  np.testing.assert_allclose(split["metrics"]["loss"],
+                             unsplit["metrics"]["loss"], rtol=1e-4)
+  assert ({k for k in split if k != "timing"}
+          == {k for k in unsplit if k != "timing"})
+  for got, want in zip(jax.tree.leaves(_final_params(split_dir)),
+                       jax.tree.leaves(_final_params(unsplit_dir))):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  config.accum_steps = 2  # Not a change of run: accepted, nothing retrained.
+  assert train.train_and_evaluate(config, split_dir)["step"] == 3
