@@ -31,6 +31,7 @@ device), --precision, --channels, --num_classes; `input`, `e2e`, `eval` and
 `seed_input` take them from --config. The peers need requirements-peers.txt.
 """
 import functools
+import itertools
 import glob
 import json
 import os
@@ -101,15 +102,17 @@ def matmul_peak(size: int = 2048, repeats: int = 5,
 
 
 def _parts(model_name: str, num_classes: int, loss: str,
-           precision: str = "float32", conv_lowering: str = "auto"):
+           precision: str = "float32", conv_lowering: str = "auto",
+           remat: str = "none", accum_steps: int = 1):
   """Model, the trainer's optimiser (constant rate) and its train_step."""
   model = models.get_model(model_name, num_classes, precision,
-                           conv_lowering=conv_lowering)
+                           conv_lowering=conv_lowering, remat=remat)
   schedule = optim.create_schedule(0.01, 1_000_000)
   optimizer = optim.create_optimizer(schedule, weight_decay=1e-4)
   step_fn = functools.partial(train.train_step, model=model,
                               loss_fn=losses.get_loss(loss),
-                              optimizer=optimizer, schedule=schedule)
+                              optimizer=optimizer, schedule=schedule,
+                              accum_steps=accum_steps)
   return model, optimizer, step_fn
 
 
@@ -180,10 +183,13 @@ def _flops(compiled) -> float:
 def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
                       channels: int = 3, num_classes: int = 1000,
                       loss: str = "softmax_xent", precision: str = "float32",
-                      conv_lowering: str = "auto") -> Dict[str, Any]:
-  """Device memory of one compiled train step (no step is run)."""
+                      conv_lowering: str = "auto", remat: str = "none",
+                      accum_steps: int = 1) -> Dict[str, Any]:
+  """Device memory of one compiled train step (no step is run) on a
+  per-device batch of `per_device_batch`, in `accum_steps` micro-batches."""
+  train.check_micro_batches(per_device_batch, 1, accum_steps)
   model, optimizer, fn = _parts(model_name, num_classes, loss, precision,
-                                conv_lowering)
+                                conv_lowering, remat, accum_steps)
   image_shape = (resolution, resolution, channels)
   state = jax.eval_shape(lambda: train.create_train_state(
       config_lib.base_config(), model, optimizer, image_shape))
@@ -206,6 +212,7 @@ def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
                "resolution": resolution, "per_device_batch": per_device_batch,
                "precision": precision,
                "conv_lowering": models.resolve_conv_lowering(conv_lowering),
+               "remat": remat, "accum_steps": accum_steps,
                "parameters": params, "peak_bytes": peak,
                "peak_gib": peak / 2 ** 30,
                **{f"{k}_bytes": v for k, v in parts.items()}, **_device()})
@@ -382,6 +389,10 @@ def _define_flags():
                     "train/memory: model.conv_lowering, one or more of "
                     f"{', '.join(models.CONV_LOWERINGS)} (each measured; "
                     "the timm ratio is given for each).")
+  flags.DEFINE_list("remat", ["none"], "memory: model.remat, one or more of "
+                    f"{', '.join(models.REMATS)} (each measured).")
+  flags.DEFINE_list("accum_steps", ["1"], "memory: micro-batches per device "
+                    "batch (config.accum_steps), one or more (each measured).")
   flags.DEFINE_integer("steps", 10, "Timed steps (train, e2e) or batches (input).")
   flags.DEFINE_integer("passes", 3, "eval: timed passes per evaluator.")
   flags.DEFINE_integer("peak_size", 2048, "peak: matmul size.")
@@ -403,6 +414,13 @@ def main(argv):
   if {"input", "e2e", "eval", "seed_input"} & what and FLAGS.config is None:
     raise app.UsageError("--what=input/e2e/eval/seed_input needs --config=FILE "
                          "(the data).")
+  if not all(a.isdigit() and int(a) >= 1 for a in FLAGS.accum_steps):
+    raise app.UsageError(f"--accum_steps={','.join(FLAGS.accum_steps)}: "
+                         "expected integers >= 1, e.g. --accum_steps=1,4.")
+  bad = set(FLAGS.remat) - set(models.REMATS)
+  if bad:
+    raise app.UsageError(f"--remat: unknown {sorted(bad)}; expected "
+                         f"{', '.join(models.REMATS)}.")
   config = FLAGS.config and paths.absolute_config_paths(FLAGS.config)
   if config:
     config_validation.validate(config)
@@ -426,8 +444,10 @@ def _measure(what, config) -> None:
   if "timm" in what:
     timm_peer(*model_args, FLAGS.steps, ours=ours, **shape_args)
   if "memory" in what:
-    for lowering in lowerings:
-      train_step_memory(*model_args, conv_lowering=lowering, **shape_args)
+    for lowering, remat, accum in itertools.product(
+        lowerings, FLAGS.remat, FLAGS.accum_steps):
+      train_step_memory(*model_args, conv_lowering=lowering, remat=remat,
+                        accum_steps=int(accum), **shape_args)
   ours = input_speed(config, FLAGS.steps) if "input" in what else None
   if "seed_input" in what:
     seed_input_peer(config, FLAGS.peer_images, FLAGS.peer_files,

@@ -122,6 +122,7 @@ RULES: Dict[str, Rule] = {
     "model.precision": choice(sorted(models.PRECISIONS)),
     "model.head_init": choice(models.HEAD_INITS),
     "model.conv_lowering": choice(models.CONV_LOWERINGS),
+    "model.remat": choice(models.REMATS),
     "init.checkpoint": string(),
     "init.allow_normalization_change": boolean(),
     "init.dont_load": sequence(Rule("regular expression",

@@ -65,6 +65,8 @@ standardize_weight.defvjp(_standardize, _standardize_bwd)
 # XLA's convolution; 'matmul' computes each one as a matrix product over
 # (im2col) patches; 'auto' picks 'matmul' on the CPU and 'native' elsewhere.
 CONV_LOWERINGS = ("auto", "native", "matmul")
+# config.model.remat: which activations the backward pass recomputes.
+REMATS = ("none", "unit")
 
 
 def resolve_conv_lowering(lowering: str) -> str:
@@ -196,6 +198,7 @@ class ResNetV2(nn.Module):
   dtype: Optional[jnp.dtype] = None
   head_init: str = "zeros"  # HEAD_INITS.
   conv_lowering: str = "auto"  # CONV_LOWERINGS.
+  remat: str = "none"  # REMATS.
 
   @nn.compact
   def __call__(self, images, *, pre_logits: bool = False,
@@ -210,9 +213,12 @@ class ResNetV2(nn.Module):
                 dtype=self.dtype, lowering=self.conv_lowering,
                 name="root_block")(x)
     x = zero_pad_max_pool(x)
+    # nn.remat keeps the parameter names: checkpoints load either way.
+    unit_module = (nn.remat(BottleneckUnit) if self.remat == "unit"
+                   else BottleneckUnit)
     for stage, depth in enumerate(self.depths):
       for unit in range(depth):
-        x = BottleneckUnit(
+        x = unit_module(
             features=4 * w * 2**stage,
             strides=2 if (stage > 0 and unit == 0) else 1,
             dtype=self.dtype, conv_lowering=self.conv_lowering,
@@ -241,23 +247,29 @@ def parse_name(name: str):
 
 def get_model(name: str, num_classes: Optional[int],
               precision: str = "float32", head_init: str = "zeros",
-              conv_lowering: str = "auto") -> ResNetV2:
+              conv_lowering: str = "auto", remat: str = "none") -> ResNetV2:
   """Returns the BiT ResNet-v2 `name` ('R26x1' ... 'R152x4') with a head
   initialised as `head_init` (HEAD_INITS), computing in `precision` (a key
   of PRECISIONS, config.model.precision), its convolutions lowered as
-  `conv_lowering` (CONV_LOWERINGS)."""
+  `conv_lowering` (CONV_LOWERINGS), rematerialising as `remat` (REMATS)."""
   depth, width = parse_name(name)
   if precision not in PRECISIONS:
     raise errors.ConfigError(
         f"config.model.precision={precision!r} is not one of "
         f"{sorted(PRECISIONS)}.")
   resolve_conv_lowering(conv_lowering)  # Fails fast on a bad name.
+  if remat not in REMATS:
+    raise errors.ConfigError(
+        f"config.model.remat={remat!r}: expected one of {REMATS}.")
   return ResNetV2(depths=DEPTHS[depth], width=width, num_classes=num_classes,
                   dtype=PRECISIONS[precision], head_init=head_init,
-                  conv_lowering=conv_lowering)
+                  conv_lowering=conv_lowering, remat=remat)
 
 
 def from_config(model_config, num_classes: Optional[int]) -> ResNetV2:
-  """get_model for config.model (name, precision, head_init, conv_lowering)."""
+  """get_model for config.model (name, precision, head_init, conv_lowering,
+  remat)."""
   return get_model(model_config.name, num_classes, model_config.precision,
-                   model_config.head_init, model_config.conv_lowering)
+                   model_config.head_init, model_config.conv_lowering,
+                   # Absent from runs written before the key existed.
+                   model_config.get("remat", "none"))

@@ -143,7 +143,7 @@ RUN_NEUTRAL_KEYS = (
     "log_every_steps", "profile_steps", "evals.", "primary_metric", "checkpoint.",
     "on_nonfinite", "max_consecutive_nonfinite", "data.data_dir",
     "data.prefetch", "data.num_threads", "data.eval_batch_size",
-    "data.eval_split", "accum_steps")
+    "data.eval_split", "accum_steps", "model.remat")
 
 
 def changed_keys(saved: Dict[str, Any], config) -> List[str]:
