@@ -31,8 +31,8 @@ device), --precision, --channels, --num_classes; `input`, `e2e`, `eval` and
 `seed_input` take them from --config. The peers need requirements-peers.txt.
 """
 import functools
-import itertools
 import glob
+import itertools
 import json
 import os
 import tempfile

@@ -179,8 +179,9 @@ def base_config() -> ml_collections.ConfigDict:
   # much faster on XLA:CPU) or 'auto' (matmul on the CPU, native on GPU/TPU).
   c.model.conv_lowering = "auto"
   # Rematerialisation: 'unit' keeps only each residual unit's input for the
-  # backward pass and recomputes the rest (less activation memory, ~1/3
-  # more compute); 'none' keeps every activation. Same numbers either way.
+  # backward pass and recomputes the rest (more compute; less activation
+  # memory where XLA schedules for it, GPU/TPU: not on XLA:CPU); 'none'
+  # keeps every activation. Same numbers either way.
   c.model.remat = "none"
 
   # Start from a pre-trained model (fine-tuning or continual pre-training):
