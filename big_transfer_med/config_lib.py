@@ -263,6 +263,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3
+  # Write checkpoints in the background (orbax async): the step loop waits
+  # only for the copy off the devices. The log gives each save's wait.
+  c.checkpoint.async_save = True
   # '<eval>/<metric>' (e.g. 'val/loss'): also keep the checkpoint with the
   # best value (lowest for losses, else highest) in WORKDIR/best/; '' = off.
   c.checkpoint.best_metric = ""

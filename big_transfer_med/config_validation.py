@@ -193,6 +193,7 @@ RULES: Dict[str, Rule] = {
     "profile_steps": integer(0),
     "checkpoint.every_steps": integer(0),
     "checkpoint.keep": integer(1),
+    "checkpoint.async_save": boolean(),
     "checkpoint.best_metric": Rule(
         "'' or '<evaluator>/<metric>' of a classification evaluator, e.g. "
         "'val/loss'", lambda v: isinstance(v, str) and (

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import flax
 import jax
@@ -43,17 +43,21 @@ def write_json(path: str, obj) -> None:
 
 
 class CheckpointStore:
-  """orbax CheckpointManager of a run's (unreplicated) train state."""
+  """orbax CheckpointManager of a run's (unreplicated) train state, as
+  config.checkpoint (`settings`) asks: every_steps, keep, async_save."""
 
-  def __init__(self, workdir: str, every_steps: int, keep: int):
-    self._every = every_steps
+  def __init__(self, workdir: str, settings):
+    self._every = settings.every_steps
+    self.wait_seconds = 0.0
     self._manager = ocp.CheckpointManager(
         os.path.join(workdir, CHECKPOINTS),
         # A save is written to a temporary directory and renamed when
         # complete, so a crash mid-save leaves the previous checkpoints as
         # they were; the leftover is removed on the next start.
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True))
+            max_to_keep=settings.keep, create=True,
+            cleanup_tmp_directories=True,
+            enable_async_checkpointing=settings.async_save))
 
   def latest_step(self):
     return self._manager.latest_step()
@@ -69,11 +73,20 @@ class CheckpointStore:
     """Whether `step` is a multiple of checkpoint.every_steps."""
     return bool(self._every and step % self._every == 0)
 
-  def save(self, step: int, state, force: bool = False) -> bool:
-    """Saves `state` (unreplicated, on the host) at `step`."""
-    tree = flax.serialization.to_state_dict(state)
-    return self._manager.save(step, args=ocp.args.StandardSave(tree),
-                              force=force)
+  def save(self, step: int, get_state: Callable[[], Any],
+           force: bool = False) -> Optional[float]:
+    """Saves get_state() (unreplicated, on the host) at `step`, unless orbax
+    finds it not due. Returns the seconds the caller waited (with async
+    saves: for the state's copy, not the write), or None if not saved.
+    Their sum is `wait_seconds`."""
+    started = time.perf_counter()
+    tree = flax.serialization.to_state_dict(get_state())
+    if not self._manager.save(step, args=ocp.args.StandardSave(tree),
+                              force=force):
+      return None
+    waited = time.perf_counter() - started
+    self.wait_seconds += waited
+    return waited
 
   def close(self):
     self._manager.wait_until_finished()

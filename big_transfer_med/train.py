@@ -216,8 +216,7 @@ def _initial_state(config, model, optimizer, image_shape, workdir: str):
   (restored once the workdir is known to be this run's). Returns (state,
   the workdir's CheckpointStore or None, the loading report or None)."""
   state = create_train_state(config, model, optimizer, image_shape)
-  store = (run_dir.CheckpointStore(workdir, config.checkpoint.every_steps,
-                                   config.checkpoint.keep)
+  store = (run_dir.CheckpointStore(workdir, config.checkpoint)
            if run_dir.has_checkpoints(workdir) else None)
   if (store and store.latest_step() is not None) or not config.init.checkpoint:
     return state, store, None
@@ -319,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   the run is refused unless `allow_config_change`. Relative paths (the
   workdir, config.init.checkpoint, config.data.data_dir) are taken from the
   working directory. Returns the final summary, also written to results.json
-  (with the run's wall and compile seconds under `timing`).
+  (with the run's wall, compile and checkpoint-wait seconds under `timing`).
   """
   with compile_clock.CompileClock() as clock:
     return _train_and_evaluate(config, workdir, allow_config_change, clock)
@@ -350,8 +349,7 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
   # Only now that config, data and weights are known to be good, touch the
   # workdir.
   os.makedirs(workdir, exist_ok=True)
-  store = store or run_dir.CheckpointStore(
-      workdir, config.checkpoint.every_steps, config.checkpoint.keep)
+  store = store or run_dir.CheckpointStore(workdir, config.checkpoint)
   _write_run_files(workdir, config, data)
   best = (run_dir.BestCheckpoint(workdir, config.checkpoint.best_metric)
           if config.checkpoint.best_metric else None)
@@ -389,9 +387,12 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
         log.restart_clock()  # Evaluation time is not training speed.
         _keep_if_best(best, step, results, state)
       # Unreplicating costs a transfer of the state: only when saving.
-      if save_now and store.save(step, parallel.unreplicate(state),
-                                 force=step == total_steps):
-        logging.info("Saved a checkpoint at step %d.", step)
+      waited = (store.save(step, lambda: parallel.unreplicate(state),
+                           force=step == total_steps) if save_now else None)
+      if waited is not None:
+        logging.info("Saved a checkpoint at step %d: the step loop waited "
+                     "%.2f s%s.", step, waited, " (written in the background)"
+                     if config.checkpoint.async_save else "")
   except BaseException:
     # orbax writes saves in the background: let those under way finish, so
     # the last checkpoint an error names (e.g. a non-finite step) exists.
@@ -408,7 +409,8 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
     summary["best_checkpoint"] = {"metric": best.metric, "step": step,
                                   "value": value}
     best.close()
-  summary["timing"] = clock.report()
+  summary["timing"] = dict(clock.report(),
+                           checkpoint_wait_seconds=store.wait_seconds)
   if jax.process_index() == 0:
     run_dir.write_json(os.path.join(workdir, run_dir.RESULTS_FILE), summary)
   return summary

@@ -59,12 +59,17 @@ def test_resume_continues_the_same_run(tiny_fmnist_data_dir, tmp_path):
   train.train_and_evaluate(config, whole)
 
   # The same run, stopped after step 4 and started again on its workdir
-  # (constant learning rate: the first 4 steps are those of the 6-step run).
+  # (constant learning rate: the first 4 steps are those of the 6-step run);
+  # its first part saves synchronously, the rest in the background.
   parts = str(tmp_path / "parts")
-  train.train_and_evaluate(
-      fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=4), parts)
+  first = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=4)
+  first.checkpoint.async_save = False
+  waits = [train.train_and_evaluate(first, parts)["timing"][
+      "checkpoint_wait_seconds"]]
   assert _final_params(parts)[0] == 4
-  train.train_and_evaluate(config, parts, allow_config_change=True)
+  waits.append(train.train_and_evaluate(config, parts, allow_config_change=True)[
+      "timing"]["checkpoint_wait_seconds"])
+  assert all(w > 0 for w in waits)
 
   train_whole, train_parts = ([r for r in _read_metrics(w) if "train_loss" in r]
                                for w in (whole, parts))
