@@ -95,6 +95,20 @@ def _lowerings(fn) -> int:
   return events.count("/jax/core/compile/jaxpr_to_mlir_module_duration")
 
 
+@pytest.fixture
+def no_compilation_cache_writes():
+  """The persistent compilation cache is only read: writing the executables
+  of a step built here with parallel.per_device has crashed XLA:CPU's
+  serialiser (segfault) in a busy test worker (on fresh clones; never
+  alone)."""
+  min_compile_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+  yield
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    min_compile_seconds)
+
+
+@pytest.mark.usefixtures("no_compilation_cache_writes")
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_train_step_is_compiled_once(precision):
   """The replicated state is laid out as the step returns it, so steps 2 and
@@ -126,19 +140,10 @@ def test_train_step_is_compiled_once(precision):
 
   # The naive copy first: its steps 2-3 compile the program ours reuses.
   controls = [(jax_utils.replicate, 1)] if precision == "float32" else []
-  # Counting lowerings needs no persistent cache, and writing these
-  # executables to it has crashed XLA:CPU's serialiser in a busy test worker
-  # (twice on a fresh clone; never alone): this test only reads from it.
-  min_compile_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
-  try:
-    for place, later_compiles in controls + [(parallel.replicate, 0)]:
-      steps(place(fresh()), 1, 1)
-      assert _lowerings(lambda: steps(out["state"], 2, 3)) == later_compiles, (
-          place)
-  finally:
-    jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      min_compile_seconds)
+  for place, later_compiles in controls + [(parallel.replicate, 0)]:
+    steps(place(fresh()), 1, 1)
+    assert _lowerings(lambda: steps(out["state"], 2, 3)) == later_compiles, (
+        place)
   state, metrics = out["state"], out["metrics"]
   assert np.all(np.asarray(metrics["finite"]) == 1)
   assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))
@@ -169,6 +174,7 @@ def _steps_with_accumulation(accum_steps, loss, batches, mixup_alpha):
   return initial, parallel.unreplicate(state), step_losses
 
 
+@pytest.mark.usefixtures("no_compilation_cache_writes")
 @pytest.mark.parametrize("loss", ["softmax_xent", "sigmoid_xent"])
 def test_accumulated_micro_batches_give_the_unsplit_update(loss):
   """8 examples per device (2 devices) as 1 x 8, 4 x 2 and 8 x 1
