@@ -186,8 +186,8 @@ def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
                       conv_lowering: str = "auto", remat: str = "none",
                       accum_steps: int = 1) -> Dict[str, Any]:
   """Device memory of one compiled train step (no step is run) on a
-  per-device batch of `per_device_batch`, in `accum_steps` micro-batches."""
-  train.check_micro_batches(per_device_batch, 1, accum_steps)
+  per-device batch of `per_device_batch`, in `accum_steps` micro-batches
+  (which must divide it)."""
   model, optimizer, fn = _parts(model_name, num_classes, loss, precision,
                                 conv_lowering, remat, accum_steps)
   image_shape = (resolution, resolution, channels)
@@ -414,9 +414,12 @@ def main(argv):
   if {"input", "e2e", "eval", "seed_input"} & what and FLAGS.config is None:
     raise app.UsageError("--what=input/e2e/eval/seed_input needs --config=FILE "
                          "(the data).")
-  if not all(a.isdigit() and int(a) >= 1 for a in FLAGS.accum_steps):
-    raise app.UsageError(f"--accum_steps={','.join(FLAGS.accum_steps)}: "
-                         "expected integers >= 1, e.g. --accum_steps=1,4.")
+  if not all(a.isdigit() and int(a) >= 1 and FLAGS.batch_size % int(a) == 0
+             for a in FLAGS.accum_steps):
+    raise app.UsageError(
+        f"--accum_steps={','.join(FLAGS.accum_steps)}: expected integers "
+        f">= 1 that divide --batch_size={FLAGS.batch_size}, e.g. "
+        "--accum_steps=1,4.")
   bad = set(FLAGS.remat) - set(models.REMATS)
   if bad:
     raise app.UsageError(f"--remat: unknown {sorted(bad)}; expected "

@@ -316,6 +316,11 @@ def test_main_damaged_init_checkpoint_is_one_line(tiny_fmnist_data_dir,
                                 "--in_process", "--parallel=2"],
      "--parallel applies to a process per job, not to --in_process"),
     ("big_transfer_med.benchmark", ["--what=flops"], "--what: unknown ['flops']"),
+    ("big_transfer_med.benchmark", ["--what=peak,memory", "--batch_size=6",
+                                    "--accum_steps=1,4"],
+     "--accum_steps=1,4: expected integers >= 1 that divide --batch_size=6"),
+    ("big_transfer_med.benchmark", ["--what=memory", "--remat=layer"],
+     "--remat: unknown ['layer']; expected none, unit."),
     ("big_transfer_med.main", ["--workdir=x"], "ERROR: flag --config"),
 ])
 def test_every_entry_point_reports_one_line(module, args, expected):
