@@ -3,6 +3,8 @@ r"""Benchmarks: one JSON line per measurement.
   python -m big_transfer_med.benchmark --model=R50x1 --resolution=224 \
       --batch_size=8 --steps=10                          # train step (+ peak)
   python -m big_transfer_med.benchmark --what=memory --model=R152x4 --resolution=480
+  python -m big_transfer_med.benchmark --what=fit --model=R152x4 --resolution=480 \
+      --device_memory=80GiB --global_batch=512 --devices=8 --conv_lowering=native
   python -m big_transfer_med.benchmark --what=input,e2e \
       --config=configs/r50x1_chest.py:sources=nih14 --config.data.data_dir=DIR
 
@@ -13,6 +15,11 @@ Measurements (`--what`, comma-separated):
           images/s, GFLOPs per image (XLA cost analysis), FLOP/s and MFU;
   memory  the train step's device memory (XLA memory analysis of the
           compiled step; compiles only, so any size can be asked for);
+  fit     what fits on devices of --device_memory: the largest per-device
+          micro-batch at each of --precisions and --remat, and the
+          --config.accum_steps a --global_batch on --devices needs (XLA
+          memory analysis of compiled steps, none run; pass
+          --conv_lowering=native for what accelerators run);
   input   images/s (and per CPU core) of the config's training pipeline:
           built TFDS data through the real decoding, preprocessing and
           augmentation;
@@ -27,7 +34,8 @@ Measurements (`--what`, comma-separated):
           same encoded images as `input` reads; `ratio` = our images/s per
           core over its images/s per core (with `input`).
 `train`, `memory` and `timm` take --model, --resolution, --batch_size (per
-device), --precision, --channels, --num_classes; `input`, `e2e`, `eval` and
+device), --precision, --channels, --num_classes (`fit` all but the batch
+and precision); `input`, `e2e`, `eval` and
 `seed_input` take them from --config. The peers need requirements-peers.txt.
 """
 import functools
@@ -35,9 +43,10 @@ import glob
 import itertools
 import json
 import os
+import re
 import tempfile
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +59,7 @@ from big_transfer_med import cli
 from big_transfer_med import config_lib
 from big_transfer_med import config_validation
 from big_transfer_med import losses
+from big_transfer_med import memory_fit
 from big_transfer_med import models
 from big_transfer_med import optim
 from big_transfer_med import parallel
@@ -63,8 +73,8 @@ FLAGS = flags.FLAGS
 # arrives with another layout (first call vs. later calls).
 WARMUP_STEPS = 2
 E2E_ROUNDS = 3  # Alternating model-only / with-input blocks of --steps.
-MEASUREMENTS = ("peak", "train", "memory", "input", "e2e", "eval", "timm",
-                "seed_input")
+MEASUREMENTS = ("peak", "train", "memory", "fit", "input", "e2e", "eval",
+                "timm", "seed_input")
 
 
 def emit(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -180,11 +190,16 @@ def _flops(compiled) -> float:
   return float((analysis or {}).get("flops", 0.0))
 
 
-def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
-                      channels: int = 3, num_classes: int = 1000,
-                      loss: str = "softmax_xent", precision: str = "float32",
-                      conv_lowering: str = "auto", remat: str = "none",
-                      accum_steps: int = 1) -> Dict[str, Any]:
+def train_step_memory(*args, **kwargs) -> Dict[str, Any]:
+  """Prints and returns step_memory(*args, **kwargs)."""
+  return emit(step_memory(*args, **kwargs))
+
+
+def step_memory(model_name: str, resolution: int, per_device_batch: int,
+                channels: int = 3, num_classes: int = 1000,
+                loss: str = "softmax_xent", precision: str = "float32",
+                conv_lowering: str = "auto", remat: str = "none",
+                accum_steps: int = 1) -> Dict[str, Any]:
   """Device memory of one compiled train step (no step is run) on a
   per-device batch of `per_device_batch`, in `accum_steps` micro-batches
   (which must divide it)."""
@@ -208,14 +223,55 @@ def train_step_memory(model_name: str, resolution: int, per_device_batch: int,
            ("argument", "output", "temp", "alias", "generated_code")}
   peak = parts["argument"] + parts["output"] + parts["temp"] - parts["alias"]
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-  return emit({"measurement": "train_step_memory", "model": model_name,
-               "resolution": resolution, "per_device_batch": per_device_batch,
-               "precision": precision,
-               "conv_lowering": models.resolve_conv_lowering(conv_lowering),
-               "remat": remat, "accum_steps": accum_steps,
-               "parameters": params, "peak_bytes": peak,
-               "peak_gib": peak / 2 ** 30,
-               **{f"{k}_bytes": v for k, v in parts.items()}, **_device()})
+  return {"measurement": "train_step_memory", "model": model_name,
+          "resolution": resolution, "per_device_batch": per_device_batch,
+          "precision": precision,
+          "conv_lowering": models.resolve_conv_lowering(conv_lowering),
+          "remat": remat, "accum_steps": accum_steps,
+          "parameters": params, "peak_bytes": peak,
+          "peak_gib": peak / 2 ** 30,
+          **{f"{k}_bytes": v for k, v in parts.items()}, **_device()}
+
+
+def fit_in_memory(model_name: str, resolution: int,
+                  device_memories: Sequence[int], global_batch: int,
+                  devices: int, precision: str, remat: str,
+                  conv_lowering: str, channels: int = 3,
+                  num_classes: int = 1000) -> List[Dict[str, Any]]:
+  """What fits on a device of each of `device_memories` bytes, from XLA's
+  memory analysis of compiled train steps (none is run): the largest
+  per-device micro-batch, and the micro-batches (config.accum_steps) a
+  global batch of `global_batch` on `devices` devices needs."""
+  compiles = []
+
+  @functools.lru_cache(maxsize=None)  # Shared by the memory sizes.
+  def peak(micro_batch: int, accum_steps: int = 1) -> int:
+    compiles.append((micro_batch, accum_steps))
+    return step_memory(model_name, resolution, micro_batch * accum_steps,
+                       channels, num_classes, precision=precision,
+                       conv_lowering=conv_lowering, remat=remat,
+                       accum_steps=accum_steps)["peak_bytes"]
+
+  share, records = global_batch // devices, []
+  for memory in device_memories:
+    compiled_before = len(compiles)
+    largest, exact = memory_fit.largest_fitting(peak, memory)
+    accum = memory_fit.accumulation(share, largest,
+                                    lambda k: peak(share // k, k), memory)
+    records.append(emit({
+        "measurement": "fit", "model": model_name, "resolution": resolution,
+        "precision": precision, "remat": remat,
+        "conv_lowering": models.resolve_conv_lowering(conv_lowering),
+        "device_memory_gib": memory / 2 ** 30,
+        "largest_micro_batch": largest, "largest_is_exact": exact,
+        "peak_gib_at_largest": peak(largest) / 2 ** 30 if largest else None,
+        "global_batch": global_batch, "devices": devices,
+        "per_device_batch": share, "accum_steps": accum,
+        "micro_batch": share // accum if accum else None,
+        "peak_gib_with_accum": (peak(share // accum, accum) / 2 ** 30
+                                if accum else None),
+        "compiled_steps": len(compiles) - compiled_before, **_device()}))
+  return records
 
 
 def _data(config):
@@ -393,6 +449,14 @@ def _define_flags():
                     f"{', '.join(models.REMATS)} (each measured).")
   flags.DEFINE_list("accum_steps", ["1"], "memory: micro-batches per device "
                     "batch (config.accum_steps), one or more (each measured).")
+  flags.DEFINE_list("precisions", ["float32", "bfloat16"],
+                    "fit: compute precisions, each fitted.")
+  flags.DEFINE_list("device_memory", ["16GiB", "40GiB", "80GiB"],
+                    "fit: device memory sizes, e.g. 80GiB (GiB, GB, MiB, MB).")
+  flags.DEFINE_integer("global_batch", 512, "fit: the global batch to split.",
+                       lower_bound=1)
+  flags.DEFINE_integer("devices", 8, "fit: devices the global batch is "
+                       "spread over.", lower_bound=1)
   flags.DEFINE_integer("steps", 10, "Timed steps (train, e2e) or batches (input).")
   flags.DEFINE_integer("passes", 3, "eval: timed passes per evaluator.")
   flags.DEFINE_integer("peak_size", 2048, "peak: matmul size.")
@@ -420,17 +484,42 @@ def main(argv):
         f"--accum_steps={','.join(FLAGS.accum_steps)}: expected integers "
         f">= 1 that divide --batch_size={FLAGS.batch_size}, e.g. "
         "--accum_steps=1,4.")
+  bad = set(FLAGS.precisions) - set(models.PRECISIONS)
+  if bad:
+    raise app.UsageError(f"--precisions: unknown {sorted(bad)}; expected "
+                         f"{', '.join(sorted(models.PRECISIONS))}.")
   bad = set(FLAGS.remat) - set(models.REMATS)
   if bad:
     raise app.UsageError(f"--remat: unknown {sorted(bad)}; expected "
                          f"{', '.join(models.REMATS)}.")
+  if "fit" in what and FLAGS.global_batch % FLAGS.devices:
+    raise app.UsageError(f"--global_batch={FLAGS.global_batch} does not "
+                         f"divide over --devices={FLAGS.devices}.")
+  memories = [_memory_bytes(m) for m in FLAGS.device_memory]
+  if what <= {"memory", "fit"}:
+    # Nothing runs: skip the backend's code optimisation (buffer sizes, and
+    # so the memory analysis, are decided before it; ~2x faster compiles).
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_backend_optimization_level=0").strip()
   config = FLAGS.config and paths.absolute_config_paths(FLAGS.config)
   if config:
     config_validation.validate(config)
-  _measure(what, config)
+  _measure(what, config, memories)
 
 
-def _measure(what, config) -> None:
+_MEMORY_UNITS = {"GiB": 2 ** 30, "GB": 10 ** 9, "MiB": 2 ** 20, "MB": 10 ** 6}
+
+
+def _memory_bytes(text: str) -> int:
+  """'80GiB' -> bytes; a UsageError naming the flag otherwise."""
+  match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(GiB|GB|MiB|MB)", text.strip())
+  if not match:
+    raise app.UsageError(f"--device_memory: {text!r} is not a size like "
+                         "80GiB (units: GiB, GB, MiB, MB).")
+  return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
+
+
+def _measure(what, config, memories) -> None:
   """Runs the measurements named in `what`, in a fixed order."""
   model_args = (FLAGS.model, FLAGS.resolution, FLAGS.batch_size)
   shape_args = dict(channels=FLAGS.channels, num_classes=FLAGS.num_classes,
@@ -451,6 +540,12 @@ def _measure(what, config) -> None:
         lowerings, FLAGS.remat, FLAGS.accum_steps):
       train_step_memory(*model_args, conv_lowering=lowering, remat=remat,
                         accum_steps=int(accum), **shape_args)
+  if "fit" in what:
+    for lowering, precision, remat in itertools.product(
+        lowerings, FLAGS.precisions, FLAGS.remat):
+      fit_in_memory(FLAGS.model, FLAGS.resolution, memories,
+                    FLAGS.global_batch, FLAGS.devices, precision, remat,
+                    lowering, FLAGS.channels, FLAGS.num_classes)
   ours = input_speed(config, FLAGS.steps) if "input" in what else None
   if "seed_input" in what:
     seed_input_peer(config, FLAGS.peer_images, FLAGS.peer_files,

@@ -4,6 +4,7 @@ A user's mistake ends the program with one line `ERROR: ...` on stderr and
 exit code 2, without a traceback: a flag that is unknown or has a bad value,
 a config file that is missing or does not load, a bad config argument, an
 unknown `--config.key`, and any errors.UserError raised while running.
+A preempted run ends with one line and preemption.EXIT_PREEMPTED.
 """
 import difflib
 import os
@@ -15,6 +16,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from big_transfer_med import preemption
 from input_pipeline import errors
 
 EXIT_USER_ERROR = 2
@@ -165,4 +167,7 @@ def run(main: Callable[[List[str]], None]) -> None:
       fail(f"{e} (--help lists the flags).")
     except errors.UserError as e:
       fail(str(e))
+    except preemption.Preempted as e:
+      print(e, file=sys.stderr, flush=True)
+      sys.exit(preemption.EXIT_PREEMPTED)
   app.run(guarded, flags_parser=parse_flags)

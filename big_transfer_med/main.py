@@ -3,6 +3,8 @@ r"""Entry point: python -m big_transfer_med.main --config=configs/X.py --workdir
 Overrides: --config.batch_size=64, config arguments: --config=configs/X.py:arg.
 Multi-host: --coordinator_address=HOST:PORT --num_processes=N --process_id=I,
 or --coordinator_address=auto to let jax.distributed detect Cloud TPU / SLURM.
+SIGTERM (to any host) saves a checkpoint at one step on every host and exits
+with code 75 (preemption.EXIT_PREEMPTED): run the same command to continue.
 """
 from absl import app
 from absl import flags
@@ -19,6 +21,10 @@ flags.DEFINE_string("coordinator_address", None,
                     "jax.distributed coordinator HOST:PORT, or 'auto'.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 flags.DEFINE_integer("process_id", None, "Index of this process.")
+flags.DEFINE_integer("host_timeout_seconds", 100,
+                     "Multi-host: a process that has sent no heartbeat for "
+                     "this long is dead, and the others stop with an error "
+                     "naming it.", lower_bound=1)
 flags.DEFINE_bool("allow_config_change", False,
                   "Continue a workdir whose saved config differs from --config "
                   "in keys that change the run (the old config.json is kept).")
@@ -32,11 +38,13 @@ def _initialize_distributed():
   # CPU collectives across processes need gloo (no-op on TPU/GPU backends).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if FLAGS.coordinator_address == "auto":
-    jax.distributed.initialize()
+    jax.distributed.initialize(
+        heartbeat_timeout_seconds=FLAGS.host_timeout_seconds)
   else:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+    jax.distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+        heartbeat_timeout_seconds=FLAGS.host_timeout_seconds)
 
 
 def main(argv):

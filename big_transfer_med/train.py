@@ -27,6 +27,7 @@ from big_transfer_med import models
 from big_transfer_med import optim
 from big_transfer_med import parallel
 from big_transfer_med import paths
+from big_transfer_med import preemption
 from big_transfer_med import pretrained_weights
 from big_transfer_med import run_dir
 from big_transfer_med import train_metrics
@@ -374,28 +375,35 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
   state = parallel.replicate(state)
   batches = parallel.prefetch(data.train_batches(config, start_step))
   try:
-    for step in range(start_step + 1, total_steps + 1):
-      state, step_metrics = p_train_step(state, next(batches))
-      save_now = store.due(step) or step == total_steps
-      log.add(step, step_metrics, check=save_now,
-              last_checkpoint=store.latest_step())
-      if profile:
-        profile(step)
-      results = (_run_evals(evals, state, step, writer, periodic=True)
-                 if step < total_steps else None)
-      if results:
-        log.restart_clock()  # Evaluation time is not training speed.
-        _keep_if_best(best, step, results, state)
-      # Unreplicating costs a transfer of the state: only when saving.
-      waited = (store.save(step, lambda: parallel.unreplicate(state),
-                           force=step == total_steps) if save_now else None)
-      if waited is not None:
-        logging.info("Saved a checkpoint at step %d: the step loop waited "
-                     "%.2f s%s.", step, waited, " (written in the background)"
-                     if config.checkpoint.async_save else "")
+    with preemption.Notice() as notice:
+      for step in range(start_step + 1, total_steps + 1):
+        state, step_metrics = p_train_step(state, next(batches))
+        preempted = notice.reached(step)
+        save_now = preempted or store.due(step) or step == total_steps
+        log.add(step, step_metrics, check=save_now,
+                last_checkpoint=store.latest_step())
+        if profile:
+          profile(step)
+        results = (_run_evals(evals, state, step, writer, periodic=True)
+                   if step < total_steps else None)
+        if results:
+          log.restart_clock()  # Evaluation time is not training speed.
+          _keep_if_best(best, step, results, state)
+        # Unreplicating costs a transfer of the state: only when saving.
+        waited = (store.save(step, lambda: parallel.unreplicate(state),
+                             force=preempted or step == total_steps)
+                  if save_now else None)
+        if waited is not None:
+          logging.info("Saved a checkpoint at step %d: the step loop waited "
+                       "%.2f s%s.", step, waited, " (written in the background)"
+                       if config.checkpoint.async_save else "")
+        if preempted:
+          writer.flush()
+          raise preemption.Preempted(step)
   except BaseException:
     # orbax writes saves in the background: let those under way finish, so
-    # the last checkpoint an error names (e.g. a non-finite step) exists.
+    # the last checkpoint an error names (a non-finite step, a preemption)
+    # exists.
     store.close()
     raise
 

@@ -10,4 +10,8 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
     || echo "Could not install dataset-fashion-mnist; real-data tests will be skipped."
 fi
+# XLA:CPU compiles (and serialises) nested programs recursively: give each
+# thread a roomy stack where the hard limit allows, and log what it got.
+ulimit -S -s "$(ulimit -H -s | awk '{print ($1 == "unlimited" || $1 > 65536) ? 65536 : $1}')" || true
+echo "Tests: $(nproc) cores, stack limit $(ulimit -s) KiB, $(python --version)."
 python -m pytest -n 2 --dist=loadfile -q --durations=15 "$@"

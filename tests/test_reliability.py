@@ -1,4 +1,5 @@
-"""Reliability: non-finite steps, config changes on resume, crashes (SIGKILL)."""
+"""Reliability: non-finite steps, config changes on resume, crashes (SIGKILL)
+and preemption (SIGTERM)."""
 import glob
 import json
 import os
@@ -12,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from big_transfer_med import preemption
 from big_transfer_med import run_dir
 from big_transfer_med import train
 from input_pipeline import errors
@@ -164,14 +166,14 @@ def test_main_refuses_a_changed_config(tiny_fmnist_data_dir, tmp_path):
   assert "--allow_config_change" in result.stderr
 
 
-# --- Crashes: SIGKILL at arbitrary points, then the same command again. ---
+# --- Crashes (SIGKILL) and preemption (SIGTERM), then the same command. ---
 
 
 def _main_command(workdir, data_dir):
   return [sys.executable, "-m", "big_transfer_med.main",
           f"--config={test_main.CONFIG}:probe=no", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.total_epochs=0",
-          "--config.total_steps=9", "--config.batch_size=8",
+          "--config.total_steps=12", "--config.batch_size=8",
           "--config.schedule.warmup_epochs=0", "--config.schedule.warmup_steps=2",
           "--config.checkpoint.every_steps=1", "--config.checkpoint.keep=2",
           "--config.log_every_steps=1"]
@@ -183,16 +185,17 @@ def _start(command):
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _kill_when(process, condition, timeout=240):
-  """SIGKILLs `process` as soon as condition() holds (polled every ms)."""
+def _signal_when(process, signum, condition, timeout=240):
+  """Sends `signum` to `process` as soon as condition() holds (polled every
+  ms) and waits for it to end."""
   deadline = time.time() + timeout
   while time.time() < deadline:
     if condition():
-      process.send_signal(signal.SIGKILL)
+      process.send_signal(signum)
       process.wait()
       return
     if process.poll() is not None:
-      raise AssertionError("finished before the kill: "
+      raise AssertionError("finished before the signal: "
                            + process.stderr.read().decode()[-3000:])
     time.sleep(0.001)
   process.kill()
@@ -211,7 +214,7 @@ def _train_losses(workdir):
   return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
 
 
-def test_sigkill_anywhere_then_resume_is_the_uninterrupted_run(
+def test_crash_or_preemption_then_resume_is_the_uninterrupted_run(
     tiny_fmnist_data_dir, tmp_path):
   whole = tmp_path / "whole"
   done = subprocess.run(_main_command(whole, tiny_fmnist_data_dir),
@@ -222,18 +225,31 @@ def test_sigkill_anywhere_then_resume_is_the_uninterrupted_run(
   crashed = tmp_path / "crashed"
   command = _main_command(crashed, tiny_fmnist_data_dir)
   # 1. Killed in the middle of writing a checkpoint.
-  _kill_when(_start(command), lambda: _saving(crashed))
+  _signal_when(_start(command), signal.SIGKILL, lambda: _saving(crashed))
   leftovers = _saving(crashed)
   assert leftovers, "the kill should land during a save"
   latest = _checkpoint_steps(crashed)[-1]
   # 2. Killed at an arbitrary moment between steps, after two more saves.
-  _kill_when(_start(command),
-             lambda: (_checkpoint_steps(crashed) or [0])[-1] >= latest + 2)
-  # 3. Run to the end.
+  _signal_when(_start(command), signal.SIGKILL,
+               lambda: (_checkpoint_steps(crashed) or [0])[-1] >= latest + 2)
+  # 3. Preempted (SIGTERM) after one more save: it saves the next step and
+  # exits with EXIT_PREEMPTED.
+  latest = _checkpoint_steps(crashed)[-1]
+  preempted = _start(command)
+  _signal_when(preempted, signal.SIGTERM,
+               lambda: _checkpoint_steps(crashed)[-1] > latest)
+  message = preempted.stderr.read().decode().strip().splitlines()[-1]
+  assert preempted.returncode == preemption.EXIT_PREEMPTED, message
+  step = _checkpoint_steps(crashed)[-1]
+  assert message == (f"Preempted (SIGTERM): saved a checkpoint at step {step}; "
+                     "run the same command to continue from it.")
+  assert step < 12
+  # 4. Run to the end.
   result = subprocess.run(command, cwd=test_main.REPO, capture_output=True,
                           text=True, env=dict(os.environ,
                                               PYTHONPATH=test_main.REPO))
   assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Resumed from the checkpoint at step {step}." in result.stderr
   assert "Resumed from the checkpoint at step" in result.stderr
   assert not _saving(crashed)  # Leftover temporary directories removed.
 
@@ -241,7 +257,7 @@ def test_sigkill_anywhere_then_resume_is_the_uninterrupted_run(
   jax.tree.map(np.testing.assert_array_equal, a, b)  # Bit for bit.
   # The same data in the same order: every step's loss is the same.
   assert _train_losses(whole) == _train_losses(crashed)
-  assert sorted(_train_losses(crashed)) == list(range(1, 10))
+  assert sorted(_train_losses(crashed)) == list(range(1, 13))
 
 
 def test_undecodable_image_at_training_time_is_named(tiny_fmnist_data_dir,

@@ -321,7 +321,17 @@ def test_main_damaged_init_checkpoint_is_one_line(tiny_fmnist_data_dir,
      "--accum_steps=1,4: expected integers >= 1 that divide --batch_size=6"),
     ("big_transfer_med.benchmark", ["--what=memory", "--remat=layer"],
      "--remat: unknown ['layer']; expected none, unit."),
+    ("big_transfer_med.benchmark", ["--what=fit", "--device_memory=80G"],
+     "--device_memory: '80G' is not a size like 80GiB"),
+    ("big_transfer_med.benchmark", ["--what=fit", "--global_batch=500",
+                                    "--devices=8"],
+     "--global_batch=500 does not divide over --devices=8."),
+    ("big_transfer_med.benchmark", ["--what=fit", "--precisions=fp16"],
+     "--precisions: unknown ['fp16']; expected bfloat16, float32."),
     ("big_transfer_med.main", ["--workdir=x"], "ERROR: flag --config"),
+    ("big_transfer_med.main", [f"--config={CONFIG}", "--workdir=x",
+                               "--host_timeout_seconds=0"],
+     "flag --host_timeout_seconds=0: 0 is not a positive integer"),
 ])
 def test_every_entry_point_reports_one_line(module, args, expected):
   line = _error_line(_run(module, *args))
