@@ -252,10 +252,11 @@ def fit_in_memory(model_name: str, resolution: int,
                        conv_lowering=conv_lowering, remat=remat,
                        accum_steps=accum_steps)["peak_bytes"]
 
-  share, records = global_batch // devices, []
+  share, records, known = global_batch // devices, [], {}
   for memory in device_memories:
     compiled_before = len(compiles)
-    largest, exact = memory_fit.largest_fitting(peak, memory)
+    largest, exact = memory_fit.largest_fitting(lambda b: peak(b), memory,
+                                                known)
     accum = memory_fit.accumulation(share, largest,
                                     lambda k: peak(share // k, k), memory)
     records.append(emit({

@@ -5,23 +5,31 @@ few evaluations of a memory function (each one compiles a train step).
 grows with b, nearly linearly (activations), from a fixed part (parameters,
 optimiser state, gradients).
 """
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 
 def largest_fitting(peak: Callable[[int], int], budget: int,
+                    known: Optional[Dict[int, int]] = None,
                     max_evaluations: int = 10) -> Tuple[int, bool]:
   """(largest b >= 1 with peak(b) <= budget, or 0; whether b + 1 was seen not
-  to fit), by the secant method on integers: each guess is where the line
-  through the last two evaluations reaches `budget`, kept strictly between
-  the largest b known to fit and the smallest known not to (halving that
-  interval when guesses stall at its edge). A linear `peak` takes 4
-  evaluations: 1, 2, the answer and the answer + 1."""
-  known = {1: peak(1)}
+  to fit), by the secant method on integers. `known` holds evaluations
+  {b: peak(b)} (e.g. from a search for another budget) and receives the new
+  ones. The first guess is where the line through the smallest and largest
+  known b reaches `budget`, later ones use the last two evaluations; each is
+  kept strictly between the largest b known to fit and the smallest known
+  not to (halving that interval when guesses stall at its edge). A linear
+  `peak` takes 4 evaluations: 1, 2, the answer and the answer + 1."""
+  known = {} if known is None else known
+  if 1 not in known:
+    known[1] = peak(1)
   if known[1] > budget:
     return 0, True
-  fits, too_big, order = 1, None, [1]
+  fits = max(b for b, p in known.items() if p <= budget)
+  too_big = min((b for b, p in known.items() if p > budget), default=None)
+  order = [min(known), max(known)] if len(known) > 1 else [1]
+  evaluations = 0
   while ((too_big is None or too_big - fits > 1)
-         and len(known) < max_evaluations):
+         and evaluations < max_evaluations):
     if len(order) == 1:
       guess = 2
     else:
@@ -32,9 +40,12 @@ def largest_fitting(peak: Callable[[int], int], budget: int,
     guess = max(guess, fits + 1)
     if too_big is not None:
       guess = min(guess, too_big - 1)
-      if guess == order[-1] + 1 == fits + 1 and too_big - fits > 2:
-        guess = (fits + too_big) // 2  # Creeping up one at a time.
+      creeping = (len(order) > 1 and order[-1] == order[-2] + 1 == fits
+                  and guess == fits + 1)
+      if creeping and too_big - fits > 2:
+        guess = (fits + too_big) // 2
     known[guess] = peak(guess)
+    evaluations += 1
     order.append(guess)
     if known[guess] <= budget:
       fits = guess

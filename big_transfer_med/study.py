@@ -41,6 +41,7 @@ from ml_collections import config_flags
 
 from big_transfer_med import atomic_files
 from big_transfer_med import paths
+from big_transfer_med import preemption
 from input_pipeline import errors
 
 
@@ -195,6 +196,8 @@ def run_jobs_in_process(spec, jobs: Sequence[Job]) -> List[str]:
       config = config_lib.load_config_file(f"{spec.config}:{job.config_arg}")
       train.train_and_evaluate(config, job.workdir)
       failure = None
+    except preemption.Preempted:
+      raise  # The study stops (exit code 75); running it again resumes.
     except Exception as e:  # pylint: disable=broad-except
       logging.exception("Job %s failed.", job.workdir)
       failure = f"{type(e).__name__}: {e}".splitlines()[0]

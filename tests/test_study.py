@@ -267,3 +267,26 @@ def test_paper_presets_cover_the_papers_grid_and_numbers():
                                "R152x4", 0)] == 90.9
   assert {j.shots for j in study.expand(medical) if j.target == "covidx"} == {
       1, 5, 10, 100, 500, 0}
+
+
+def test_a_preempted_in_process_job_stops_the_study(tmp_path, monkeypatch):
+  """A job's failure is reported and the next job runs, but a preemption
+  (SIGTERM) ends the study itself, so that the scheduler's grace period is
+  not spent starting the next job; the jobs after it stay to do."""
+  from big_transfer_med import preemption  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import train  # pylint: disable=g-import-not-at-top
+  spec = _spec(str(tmp_path / "study"), sources={"scratch": ""}, shots=(1,),
+               seeds=(0, 1, 2), fewshot_args="")
+  jobs = study.expand(spec)
+  started = []
+
+  def train_and_evaluate(config, workdir):
+    started.append(workdir)
+    if len(started) == 1:
+      raise ValueError("a job's own failure")
+    raise preemption.Preempted(step=3)
+
+  monkeypatch.setattr(train, "train_and_evaluate", train_and_evaluate)
+  with pytest.raises(preemption.Preempted):
+    study.run_jobs_in_process(spec, jobs)
+  assert started == [jobs[0].workdir, jobs[1].workdir]
