@@ -405,6 +405,8 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
     # the last checkpoint an error names (a non-finite step, a preemption)
     # exists.
     store.close()
+    if best:
+      best.close()
     raise
 
   results = _run_evals(evals, state, total_steps, writer, periodic=False)
