@@ -242,11 +242,8 @@ def fit_in_memory(model_name: str, resolution: int,
   memory analysis of compiled train steps (none is run): the largest
   per-device micro-batch, and the micro-batches (config.accum_steps) a
   global batch of `global_batch` on `devices` devices needs."""
-  compiles = []
-
   @functools.lru_cache(maxsize=None)  # Shared by the memory sizes.
   def peak(micro_batch: int, accum_steps: int = 1) -> int:
-    compiles.append((micro_batch, accum_steps))
     return step_memory(model_name, resolution, micro_batch * accum_steps,
                        channels, num_classes, precision=precision,
                        conv_lowering=conv_lowering, remat=remat,
@@ -254,9 +251,8 @@ def fit_in_memory(model_name: str, resolution: int,
 
   share, records, known = global_batch // devices, [], {}
   for memory in device_memories:
-    compiled_before = len(compiles)
-    largest, exact = memory_fit.largest_fitting(lambda b: peak(b), memory,
-                                                known)
+    compiled_before = peak.cache_info().misses
+    largest, exact = memory_fit.largest_fitting(peak, memory, known)
     accum = memory_fit.accumulation(share, largest,
                                     lambda k: peak(share // k, k), memory)
     records.append(emit({
@@ -271,7 +267,8 @@ def fit_in_memory(model_name: str, resolution: int,
         "micro_batch": share // accum if accum else None,
         "peak_gib_with_accum": (peak(share // accum, accum) / 2 ** 30
                                 if accum else None),
-        "compiled_steps": len(compiles) - compiled_before, **_device()}))
+        "compiled_steps": peak.cache_info().misses - compiled_before,
+        **_device()}))
   return records
 
 
