@@ -7,6 +7,8 @@ r"""Benchmarks: one JSON line per measurement.
       --device_memory=80GiB --global_batch=512 --devices=8 --conv_lowering=native
   python -m big_transfer_med.benchmark --what=input,e2e \
       --config=configs/r50x1_chest.py:sources=nih14 --config.data.data_dir=DIR
+  python -m big_transfer_med.benchmark --what=startup \
+      --startup_rows=20000,100000,377000 --startup_image_sizes=16,384
 
 Measurements (`--what`, comma-separated):
   peak    dense matmul FLOP/s of one device in --precision (the MFU
@@ -27,6 +29,11 @@ Measurements (`--what`, comma-separated):
           first pass (compiling) and later ones, as periodic evaluations run;
   e2e     training steps/s with the config's pipeline feeding the step, as a
           fraction of the model-only rate at the same shapes;
+  startup seconds from opening the data (Pipeline(...)) to the first
+          training batch of --config (default: r50x1_chest on NIH) on
+          generated cxr_nih14 builds (full metadata rows) of each of
+          --startup_rows and --startup_image_sizes, kept in
+          --startup_fixtures; with the build's record index and without;
   timm    peer: PyTorch + timm's BiT ResNet-v2 train step at the same model,
           resolution, batch and precision (AMP bfloat16 + channels_last on a
           GPU); `ratio` = our images/s over its images/s (with `train`);
@@ -53,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app
 from absl import flags
+from etils import epath
 from ml_collections import config_flags
 
 from big_transfer_med import cli
@@ -74,7 +82,8 @@ FLAGS = flags.FLAGS
 WARMUP_STEPS = 2
 E2E_ROUNDS = 3  # Alternating model-only / with-input blocks of --steps.
 MEASUREMENTS = ("peak", "train", "memory", "fit", "input", "e2e", "eval",
-                "timm", "seed_input")
+                "startup", "timm", "seed_input")
+STARTUP_CONFIG = "configs/r50x1_chest.py:sources=nih14"
 
 
 def emit(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -279,6 +288,81 @@ def _data(config):
   return data, train.resolve_config(config, data)
 
 
+def _nih_fixture(fixtures: str, rows: int, image_size: int) -> str:
+  """A TFDS data_dir with cxr_nih14/default built from `rows` generated
+  images of image_size px with full metadata rows (made once, then reused)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tests import make_cxr_testdata  # pylint: disable=g-import-not-at-top
+  root = os.path.join(fixtures, f"nih14_{rows}_rows_{image_size}px")
+  data_dir = os.path.join(root, "tfds")
+  builder = tfds.builder("cxr_nih14/default", data_dir=data_dir)
+  if not builder.is_prepared():
+    manual = os.path.join(root, "manual")
+    if not os.path.exists(os.path.join(manual, "test_list.txt")):
+      make_cxr_testdata.make_nih_at_scale(manual, rows, image_size)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  return data_dir
+
+
+def _seconds_to_first_batch(config, later_batches: int = 2
+                            ) -> tuple[float, float, float]:
+  """Seconds to open the data and to the first training batch, and seconds
+  per batch after it (what one batch costs once running)."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline._INDEXES.clear()  # pylint: disable=protected-access
+  start = time.perf_counter()
+  data, config = _data(config)
+  opened = time.perf_counter() - start
+  batches = data.train_batches(config, 0)
+  next(batches)
+  first = time.perf_counter() - start
+  for _ in range(later_batches):
+    next(batches)
+  return opened, first, (time.perf_counter() - start - first) / later_batches
+
+
+def startup_time(config, rows: Sequence[int], image_sizes: Sequence[int],
+                 fixtures: str) -> List[Dict[str, Any]]:
+  """Start-up of `config` (Pipeline(...) up to its first training batch) on
+  cxr_nih14 builds of each number of rows and image size: with the build's
+  record index, and without it (the path of datasets built before it).
+  `startup_seconds` is the time to the first batch less what a later batch
+  takes: the decoding of one batch grows with image size at any time."""
+  from input_pipeline import record_index  # pylint: disable=g-import-not-at-top
+  records = []
+  for count, size in itertools.product(rows, image_sizes):
+    config.data.data_dir = _nih_fixture(fixtures, count, size)
+    if not records:
+      _seconds_to_first_batch(config)  # Warm-up: TF's one-time set-up.
+    data, _ = _data(config)
+    builder = data.train.sources[0].builder
+    indexes = [record_index.path(builder.data_dir, builder.name, s)
+               for s in builder.info.splits]
+    stored = sum(f.stat().length for f in epath.Path(builder.data_dir).glob(
+        "*.array_record-*"))
+    for indexed in (True, False):
+      hidden = [] if indexed else [f.rename(f.with_name(f.name + ".hidden"))
+                                   for f in indexes]
+      try:
+        opened, first_batch, per_batch = _seconds_to_first_batch(config)
+      finally:
+        for f, original in zip(hidden, indexes):
+          f.rename(original)
+      records.append(emit({
+          "measurement": "startup", "data": "+".join(config.data.sources),
+          "rows": count, "image_size": size, "index": indexed,
+          "bytes_per_record": round(stored / sum(
+              s.num_examples for s in builder.info.splits.values())),
+          "seconds_to_open": round(opened, 3),
+          "seconds_to_first_batch": round(first_batch, 3),
+          "seconds_per_later_batch": round(per_batch, 3),
+          # Start-up proper: the first batch beyond what any batch costs.
+          "startup_seconds": round(first_batch - per_batch, 3),
+          "batch_size": config.batch_size, **_device()}))
+  return records
+
+
 def input_speed(config, batches: int) -> Dict[str, Any]:
   """Images/s of the config's training pipeline (after one warm-up batch)."""
   data, config = _data(config)
@@ -461,8 +545,16 @@ def _define_flags():
   flags.DEFINE_integer("peer_images", 256, "seed_input: images to read.")
   flags.DEFINE_string("peer_files", "", "seed_input: a glob of image files "
                       "(e.g. the released ones) instead of the stored images.")
+  flags.DEFINE_list("startup_rows", ["20000", "100000", "377000"],
+                    "startup: rows (images) of each generated build.")
+  flags.DEFINE_list("startup_image_sizes", ["16", "384"],
+                    "startup: image sizes (px) of each generated build.")
+  flags.DEFINE_string("startup_fixtures", os.path.join(
+      tempfile.gettempdir(), "big_transfer_med_startup"),
+                      "startup: where the generated builds are made and kept.")
   config_flags.DEFINE_config_file("config", None,
-                                  "input/e2e: a training config file.",
+                                  "input/e2e/startup: a training config file "
+                                  f"(startup: default {STARTUP_CONFIG}).",
                                   lock_config=True)
 
 
@@ -552,6 +644,22 @@ def _measure(what, config, memories) -> None:
     end_to_end(config, FLAGS.steps)
   if "eval" in what:
     evaluation_speed(config, FLAGS.passes)
+  if "startup" in what:
+    startup_time(config or _startup_config(), _integers("startup_rows"),
+                 _integers("startup_image_sizes"), FLAGS.startup_fixtures)
+
+
+def _startup_config():
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return config_lib.load_config_file(os.path.join(repo, STARTUP_CONFIG))
+
+
+def _integers(flag: str) -> List[int]:
+  values = FLAGS[flag].value
+  if not all(v.isdigit() and int(v) >= 1 for v in values):
+    raise app.UsageError(f"--{flag}={','.join(values)}: expected integers "
+                         ">= 1.")
+  return [int(v) for v in values]
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ import tensorflow_datasets as tfds
 from input_pipeline import errors
 from input_pipeline import labels as labels_lib
 from input_pipeline import preprocessing
+from input_pipeline import record_index
 import input_pipeline.datasets  # noqa: F401  (registers our builders)
 
-_READ_CHUNK = 256  # Records fetched per random-access call.
 # Features that name an example, in order of preference.
 ID_FEATURES = ("source_path", "id", "image/filename", "file_name", "image_id")
 
@@ -98,27 +98,30 @@ def _open_split(builder: tfds.core.DatasetBuilder, split: str):
         f"config.data.*_split. ({e})") from e
 
 
-# (dataset dir, split, field) -> column: a process that runs many jobs on
-# one dataset (a study) reads each column once.
-_COLUMNS: Dict[tuple, np.ndarray] = {}
+# (dataset dir, split) -> index columns: a process that runs many jobs on one
+# dataset (a study) reads each index once.
+_INDEXES: Dict[tuple, record_index.Columns] = {}
 
 
-def _read_field(data, field: str) -> np.ndarray:
-  """One (fixed-shape) field of every record: the serialized records are read
-  in chunks and only that field is parsed, in bulk (images stay untouched)."""
-  key = (os.fspath(data.dataset_info.data_dir), str(data.split), field)
-  if key in _COLUMNS:
-    return _COLUMNS[key]
-  info = data.dataset_info.features[field].get_serialized_info()
-  spec = {field: tf.io.FixedLenFeature(info.shape, info.dtype)}
-  chunk = _READ_CHUNK * 16
-  parts = [tf.io.parse_example(data.data_source.__getitems__(
-      list(range(start, min(start + chunk, len(data))))), spec)[field].numpy()
-           for start in range(0, len(data), chunk)]
-  column = (np.concatenate(parts) if parts else
-            np.zeros((0, *info.shape), info.dtype.as_numpy_dtype))
-  _COLUMNS[key] = column
-  return column
+def _index(builder, split: str, data) -> record_index.Columns:
+  """Every field but the image of the records of `split`, in read order:
+  from the index written at build time, else parsed out of every record
+  (a pass over all image bytes; datasets built before the index)."""
+  key = (os.fspath(builder.data_dir), split)
+  if key not in _INDEXES:
+    columns = record_index.load(builder, split)
+    if columns is None:
+      if not any(k[0] == key[0] for k in _INDEXES):  # Once per dataset.
+        logging.warning(
+            "%s was built without an index of its splits: start-up reads all "
+            "its records, image bytes included. Write the index once, for a "
+            "start-up independent of image bytes:\n  %s", builder.data_dir,
+            record_index.rebuild_command(builder))
+      columns = record_index.parse_columns(
+          record_index.read_records(data.data_source),
+          record_index.indexed_fields(builder.info.features))
+    _INDEXES[key] = columns
+  return _INDEXES[key]
 
 
 class Source:
@@ -134,6 +137,10 @@ class Source:
   def __len__(self) -> int:
     return len(self.indices)
 
+  def column(self, field: str) -> np.ndarray:
+    """`field` of every record of the split (not only the selected ones)."""
+    return _index(self.builder, self.split, self._data)[field]
+
   def label_vector(self, record) -> np.ndarray:
     raise NotImplementedError
 
@@ -143,13 +150,14 @@ class Source:
 
   def example_ids(self, positions: np.ndarray) -> list[str]:
     """A stable id per example: its id/path feature, else its record index."""
-    features = self.builder.info.features
-    key = next((k for k in ID_FEATURES if k in features), None)
+    key = next((k for k in ID_FEATURES
+                if k in record_index.indexed_fields(self.builder.info.features)),
+               None)
     records = self.indices[positions]
     if key is None:
       return [f"{self.split}[{i}]" for i in records.tolist()]
-    return [r[key].decode() if isinstance(r[key], bytes) else str(r[key])
-            for r in self._data.__getitems__(records.tolist())]
+    ids = self.column(key)[records]
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids.tolist()]
 
   def subset(self, positions: np.ndarray) -> "Source":
     """A copy that reads only the examples at `positions` (in that order)."""
@@ -172,29 +180,23 @@ class ClassificationSource(Source):
     label_feature = builder.info.features["label"]
     self.label_names = list(label_feature.names)
     self._label_map = np.arange(label_feature.num_classes)
-    self._all_labels = None  # Read on demand: it costs a pass over the split.
     if classes:
       bad = [c for c in classes if not 0 <= c < label_feature.num_classes]
       if bad:
         raise errors.ConfigError(
             f"config.data.classes has {bad}, outside 0.."
             f"{label_feature.num_classes - 1} of {builder.name}.")
-      self.indices = np.flatnonzero(np.isin(self._labels(), classes))
+      self.indices = np.flatnonzero(np.isin(self.column("label"), classes))
       self._label_map = np.full(label_feature.num_classes, -1)
       self._label_map[list(classes)] = np.arange(len(classes))
       self.label_names = [self.label_names[c] for c in classes]
     self._one_hot = np.eye(len(self.label_names), dtype=np.float32)
 
-  def _labels(self) -> np.ndarray:
-    if self._all_labels is None:
-      self._all_labels = _read_field(self._data, "label")
-    return self._all_labels
-
   def label_vector(self, record) -> np.ndarray:
     return self._one_hot[self._label_map[record["label"]]]
 
   def label_matrix(self):
-    labels = self._one_hot[self._label_map[self._labels()[self.indices]]]
+    labels = self._one_hot[self._label_map[self.column("label")[self.indices]]]
     return labels, np.ones_like(labels)
 
 
@@ -218,7 +220,7 @@ class CxrSource(Source):
     if set(views) != set(view_names):
       keep = [view_names.index(v) for v in views]
       self.indices = np.flatnonzero(
-          np.isin(_read_field(self._data, "view"), keep))
+          np.isin(self.column("view"), keep))
     if exclusive:
       labels, mask = self.label_matrix()
       self.indices = self.indices[
@@ -228,7 +230,7 @@ class CxrSource(Source):
     return np.asarray(record["labels"], np.float32)
 
   def label_matrix(self):
-    raw = _read_field(self._data, "labels")[self.indices]
+    raw = self.column("labels")[self.indices]
     labels, mask = self.harmonizer(raw.reshape(len(raw), -1))
     return labels.numpy(), mask.numpy()
 

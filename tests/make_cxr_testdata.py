@@ -8,6 +8,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from input_pipeline.labels import NIH_LABELS
+
 TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
 CHEXPERT_HEADER = (
     "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,"
@@ -85,6 +87,44 @@ def make_nih(root):
   for i, r in enumerate(rows):
     folder = "images_001" if i < 4 else "images_002"
     write(os.path.join(root, folder, "images", r[0]), radiograph(36, 36, i))
+
+
+def make_nih_at_scale(root, num_images, size=16, seed=0):
+  """The NIH layout at any size, with full metadata rows: about 3.7 images
+  per patient with follow-up numbers, half without findings, the others with
+  1-3 of the 14, ages, sexes, PA/AP views; whole patients in test_list.txt
+  (one in five); one PNG of size x size per row in images_0NN/images/
+  folders of 10,000 as released. Every image holds the same bytes: start-up
+  and read counts do not depend on what they show."""
+  rng = np.random.default_rng(seed)
+  names = np.array(NIH_LABELS)
+  png = os.path.join(root, "template.png")
+  write(png, radiograph(size, size, seed))
+  with open(png, "rb") as f:
+    image_bytes = f.read()
+  os.remove(png)
+  patients = np.cumsum(rng.random(num_images) < 1 / 3.7) + 1
+  lines, test, train_val = [NIH_HEADER], [], []
+  follow_up = 0
+  for i, patient in enumerate(patients.tolist()):
+    follow_up = follow_up + 1 if i and patient == patients[i - 1] else 0
+    findings = ("No Finding" if rng.random() < 0.5 else "|".join(
+        rng.choice(names, rng.integers(1, 4), replace=False)))
+    name = f"{patient:08d}_{follow_up:03d}.png"
+    lines.append(f"{name},{findings},{follow_up},{patient},"
+                 f"{rng.integers(1, 95)},{'MF'[rng.integers(2)]},"
+                 f"{'PA' if rng.random() < 0.6 else 'AP'},2500,2048,0.143,0.143")
+    (test if patient % 5 == 0 else train_val).append(name)
+    folder = os.path.join(root, f"images_{i // 10000 + 1:03d}", "images")
+    if i % 10000 == 0:
+      os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name), "wb") as f:
+      f.write(image_bytes)
+  for file_name, content in (("Data_Entry_2017_v2020.csv", lines),
+                             ("test_list.txt", test),
+                             ("train_val_list.txt", train_val)):
+    with open(os.path.join(root, file_name), "w") as f:
+      f.write("\n".join(content) + "\n")
 
 
 MIMIC_CHEXPERT_HEADER = (

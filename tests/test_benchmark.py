@@ -169,3 +169,20 @@ def test_fit_reports_a_batch_that_fits_and_the_accumulation():
   assert share == 128 and share % k == 0 and k > 1
   assert record["micro_batch"] == share // k <= record["largest_micro_batch"]
   assert record["peak_gib_with_accum"] * 2 ** 30 <= budget
+
+
+def test_startup_on_generated_builds_with_and_without_their_index(tmp_path):
+  out = _records("--what=startup", "--startup_rows=300",
+                 "--startup_image_sizes=8,24", f"--startup_fixtures={tmp_path}",
+                 "--config=configs/r50x1_chest.py:sources=nih14",
+                 "--config.batch_size=16", "--config.data.resolution=32")
+  assert [(r["rows"], r["image_size"], r["index"]) for r in out] == [
+      (300, 8, True), (300, 8, False), (300, 24, True), (300, 24, False)]
+  assert out[2]["bytes_per_record"] > out[0]["bytes_per_record"]
+  for r in out:
+    assert 0 < r["seconds_to_open"] < r["seconds_to_first_batch"]
+    assert r["startup_seconds"] < r["seconds_to_first_batch"]
+  # The builds keep their index files (hidden only while measured).
+  for size in (8, 24):
+    built = tmp_path / f"nih14_300_rows_{size}px" / "tfds" / "cxr_nih14" / "default"
+    assert len(list(built.glob("*/*.index.npz"))) == 3

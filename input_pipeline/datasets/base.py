@@ -6,6 +6,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from input_pipeline import errors
+from input_pipeline import record_index
 
 
 class ManualDownloadError(errors.DataError):
@@ -13,7 +14,10 @@ class ManualDownloadError(errors.DataError):
 
 
 class ArrayRecordBuilderMixin:
-  """Writes ArrayRecord files by default: the trainer reads examples by index.
+  """Writes ArrayRecord files by default, and an index of each split.
+
+  The trainer reads examples by index, and selects them from the split's
+  index (every field but the image; see record_index.py).
 
   Random access makes the data order a pure function of (seed, step), which
   is what exact resume and multi-host sharding rely on. `tfds build
@@ -22,6 +26,13 @@ class ArrayRecordBuilderMixin:
 
   def __init__(self, *, file_format=None, **kwargs):
     super().__init__(file_format=file_format or "array_record", **kwargs)
+
+  def _generate_splits(self, dl_manager, download_config):
+    """Builds the splits, then writes each one's index (record_index.py)."""
+    split_infos = super()._generate_splits(dl_manager, download_config)
+    if self.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+      record_index.write_all(self, split_infos)
+    return split_infos
 
 
 def find_manual_dir(dl_manager: tfds.download.DownloadManager,

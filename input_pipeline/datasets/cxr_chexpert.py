@@ -66,7 +66,7 @@ class CxrChexpert(cxr_common.CxrBuilder):
     CheXpert-v1.0-small/valid.csv
     CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg ...
     CheXpert-v1.0-small/valid/...
-  then: tfds build --imports=input_pipeline.datasets cxr_chexpert --manual_dir=DIR
+  then: tfds build --imports=input_pipeline.datasets cxr_chexpert/default --manual_dir=DIR
   """
 
   def _split_generators(self, dl_manager):

@@ -55,7 +55,7 @@ class CxrMimic(cxr_common.CxrBuilder):
     {CHEXPERT}
     {SPLIT}
     files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg ...
-  then: tfds build --imports=input_pipeline.datasets cxr_mimic --manual_dir=DIR
+  then: tfds build --imports=input_pipeline.datasets cxr_mimic/default --manual_dir=DIR
   """
 
   def _split_generators(self, dl_manager):

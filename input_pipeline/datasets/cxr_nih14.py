@@ -89,7 +89,7 @@ class CxrNih14(cxr_common.CxrBuilder):
     test_list.txt
     images_001/images/00000001_000.png ... images_012/images/... (the
     extracted archives), or all PNGs in one images/ folder
-  then: tfds build --imports=input_pipeline.datasets cxr_nih14 --manual_dir=DIR
+  then: tfds build --imports=input_pipeline.datasets cxr_nih14/default --manual_dir=DIR
   """
 
   def _split_generators(self, dl_manager):

@@ -165,7 +165,7 @@ class CxrPadchest(cxr_common.CxrBuilder):
   or
     <ImageID>              (every archive unzipped into one flat folder, as
                             the seed code reads them)
-  (16-bit PNGs), then: tfds build --imports=input_pipeline.datasets cxr_padchest --manual_dir=DIR
+  (16-bit PNGs), then: tfds build --imports=input_pipeline.datasets cxr_padchest/default --manual_dir=DIR
   Rows with null Labels and Projection EXCLUDE are dropped (counted in the
   log); listed files that are missing or truncated are skipped.
   """

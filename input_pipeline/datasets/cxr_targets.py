@@ -76,7 +76,7 @@ class CxrTuberculosis(_CxrClassificationBuilder):
   or, from Kaggle's copy, ChinaSet_AllFiles/ChinaSet_AllFiles/CXR_png/ and
   Montgomery/MontgomerySet/CXR_png/ (file names end in _0 = normal, _1 =
   tuberculosis), then:
-  tfds build --imports=input_pipeline.datasets cxr_tuberculosis --manual_dir=DIR
+  tfds build --imports=input_pipeline.datasets cxr_tuberculosis/default --manual_dir=DIR
   """
 
   def _split_generators(self, dl_manager):
@@ -156,7 +156,7 @@ class CxrCovidx(_CxrClassificationBuilder):
     train.txt, test.txt (and val.txt in later versions): lines
       '<patient id> <file name> <negative|positive> <data source>'
     train/<file name>, test/<file name> (val/...)
-  then: tfds build --imports=input_pipeline.datasets cxr_covidx --manual_dir=DIR
+  then: tfds build --imports=input_pipeline.datasets cxr_covidx/default --manual_dir=DIR
   """
 
   def _split_generators(self, dl_manager):
@@ -240,7 +240,7 @@ class CxrPneumonia(_CxrClassificationBuilder):
   unzip it so that manual_dir contains
     chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg
   (or train/, val/, test/ directly), then:
-  tfds build --imports=input_pipeline.datasets cxr_pneumonia --manual_dir=DIR
+  tfds build --imports=input_pipeline.datasets cxr_pneumonia/default --manual_dir=DIR
   """
 
   def _split_generators(self, dl_manager):
