@@ -51,6 +51,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from typing import Any, Dict, List, Sequence
@@ -83,7 +84,6 @@ WARMUP_STEPS = 2
 E2E_ROUNDS = 3  # Alternating model-only / with-input blocks of --steps.
 MEASUREMENTS = ("peak", "train", "memory", "fit", "input", "e2e", "eval",
                 "startup", "timm", "seed_input")
-STARTUP_CONFIG = "configs/r50x1_chest.py:sources=nih14"
 
 
 def emit(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -288,18 +288,22 @@ def _data(config):
   return data, train.resolve_config(config, data)
 
 
-def _nih_fixture(fixtures: str, rows: int, image_size: int) -> str:
-  """A TFDS data_dir with cxr_nih14/default built from `rows` generated
-  images of image_size px with full metadata rows (made once, then reused)."""
+def _built_fixture(root: str, rows: Dict[str, int], image_size: int) -> str:
+  """A TFDS data_dir under `root` with each chest X-ray source of `rows`
+  (source -> images) built from generated images of image_size px in the
+  release's layout, with full metadata rows (made once, then reused)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   from tests import make_cxr_testdata  # pylint: disable=g-import-not-at-top
-  root = os.path.join(fixtures, f"nih14_{rows}_rows_{image_size}px")
   data_dir = os.path.join(root, "tfds")
-  builder = tfds.builder("cxr_nih14/default", data_dir=data_dir)
-  if not builder.is_prepared():
-    manual = os.path.join(root, "manual")
-    if not os.path.exists(os.path.join(manual, "test_list.txt")):
-      make_cxr_testdata.make_nih_at_scale(manual, rows, image_size)
+  for source, count in rows.items():
+    builder = tfds.builder(f"{pipeline.CXR_SOURCES[source]}/default",
+                           data_dir=data_dir)
+    if builder.is_prepared():
+      continue
+    manual = os.path.join(root, "manual", source)
+    shutil.rmtree(manual, ignore_errors=True)  # A half-written one.
+    make_cxr_testdata.AT_SCALE[source](manual, count, image_size)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual))
   return data_dir
@@ -322,44 +326,70 @@ def _seconds_to_first_batch(config, later_batches: int = 2
   return opened, first, (time.perf_counter() - start - first) / later_batches
 
 
-def startup_time(config, rows: Sequence[int], image_sizes: Sequence[int],
-                 fixtures: str) -> List[Dict[str, Any]]:
-  """Start-up of `config` (Pipeline(...) up to its first training batch) on
-  cxr_nih14 builds of each number of rows and image size: with the build's
-  record index, and without it (the path of datasets built before it).
-  `startup_seconds` is the time to the first batch less what a later batch
-  takes: the decoding of one batch grows with image size at any time."""
+def _startup_with_and_without_index(config, **fields) -> List[Dict[str, Any]]:
+  """Start-up records of `config` on its built data: with the builds' record
+  indexes, then with them hidden (the path of datasets built before them)."""
   from input_pipeline import record_index  # pylint: disable=g-import-not-at-top
+  data, _ = _data(config)
+  builders = [s.builder for s in data.train.sources]
+  indexes = [record_index.path(b.data_dir, b.name, s)
+             for b in builders for s in b.info.splits]
+  stored = sum(f.stat().length for b in builders
+               for f in epath.Path(b.data_dir).glob("*.array_record-*"))
+  rows = sum(s.num_examples for b in builders for s in b.info.splits.values())
+  records = []
+  for indexed in (True, False):
+    hidden = [] if indexed else [f.rename(f.with_name(f.name + ".hidden"))
+                                 for f in indexes]
+    try:
+      opened, first_batch, per_batch = _seconds_to_first_batch(config)
+    finally:
+      for f, original in zip(hidden, indexes):
+        f.rename(original)
+    records.append(emit({
+        "measurement": "startup", "data": "+".join(config.data.sources),
+        "rows": rows, **fields, "index": indexed,
+        "bytes_per_record": round(stored / rows),
+        "seconds_to_open": round(opened, 3),
+        "seconds_to_first_batch": round(first_batch, 3),
+        "seconds_per_later_batch": round(per_batch, 3),
+        # Start-up proper: the first batch beyond what any batch costs.
+        "startup_seconds": round(first_batch - per_batch, 3),
+        "batch_size": config.batch_size, **_device()}))
+  return records
+
+
+# Images of each chest X-ray release.
+RELEASE_ROWS = {"chexpert": 223_648, "mimic": 377_110, "nih14": 112_120,
+                "padchest": 160_861}
+
+
+def startup_time(config, rows: Sequence[int], image_sizes: Sequence[int],
+                 release_scale: float, fixtures: str) -> List[Dict[str, Any]]:
+  """Start-up of `config` (Pipeline(...) up to its first training batch) on
+  generated cxr_nih14 builds of each number of rows and image size; then of
+  the four-source r50x1_chest config (at the batch size and resolution of
+  `config`) on all four releases at `release_scale` times their real sizes
+  (16 px images). Each with the builds' record index
+  and without. `startup_seconds` is the time to the first batch less what a
+  later batch takes: decoding one batch grows with image size at any time."""
   records = []
   for count, size in itertools.product(rows, image_sizes):
-    config.data.data_dir = _nih_fixture(fixtures, count, size)
+    config.data.data_dir = _built_fixture(os.path.join(
+        fixtures, f"nih14_{count}_rows_{size}px"), {"nih14": count}, size)
     if not records:
       _seconds_to_first_batch(config)  # Warm-up: TF's one-time set-up.
-    data, _ = _data(config)
-    builder = data.train.sources[0].builder
-    indexes = [record_index.path(builder.data_dir, builder.name, s)
-               for s in builder.info.splits]
-    stored = sum(f.stat().length for f in epath.Path(builder.data_dir).glob(
-        "*.array_record-*"))
-    for indexed in (True, False):
-      hidden = [] if indexed else [f.rename(f.with_name(f.name + ".hidden"))
-                                   for f in indexes]
-      try:
-        opened, first_batch, per_batch = _seconds_to_first_batch(config)
-      finally:
-        for f, original in zip(hidden, indexes):
-          f.rename(original)
-      records.append(emit({
-          "measurement": "startup", "data": "+".join(config.data.sources),
-          "rows": count, "image_size": size, "index": indexed,
-          "bytes_per_record": round(stored / sum(
-              s.num_examples for s in builder.info.splits.values())),
-          "seconds_to_open": round(opened, 3),
-          "seconds_to_first_batch": round(first_batch, 3),
-          "seconds_per_later_batch": round(per_batch, 3),
-          # Start-up proper: the first batch beyond what any batch costs.
-          "startup_seconds": round(first_batch - per_batch, 3),
-          "batch_size": config.batch_size, **_device()}))
+    records += _startup_with_and_without_index(config, image_size=size)
+  if release_scale:
+    four = _startup_config("")
+    four.batch_size, four.data.resolution = (config.batch_size,
+                                             config.data.resolution)
+    four.data.data_dir = _built_fixture(
+        os.path.join(fixtures, f"releases_x{release_scale:g}_16px"),
+        {s: max(100, round(n * release_scale))
+         for s, n in RELEASE_ROWS.items()}, 16)
+    records += _startup_with_and_without_index(four, image_size=16,
+                                               release_scale=release_scale)
   return records
 
 
@@ -549,12 +579,16 @@ def _define_flags():
                     "startup: rows (images) of each generated build.")
   flags.DEFINE_list("startup_image_sizes", ["16", "384"],
                     "startup: image sizes (px) of each generated build.")
+  flags.DEFINE_float("startup_release_scale", 1.0,
+                     "startup: the four-source config on all four chest X-ray "
+                     "releases at this fraction of their real sizes (0: "
+                     "skip).", lower_bound=0)
   flags.DEFINE_string("startup_fixtures", os.path.join(
       tempfile.gettempdir(), "big_transfer_med_startup"),
                       "startup: where the generated builds are made and kept.")
   config_flags.DEFINE_config_file("config", None,
                                   "input/e2e/startup: a training config file "
-                                  f"(startup: default {STARTUP_CONFIG}).",
+                                  f"(startup: default configs/r50x1_chest.py:sources=nih14).",
                                   lock_config=True)
 
 
@@ -645,13 +679,16 @@ def _measure(what, config, memories) -> None:
   if "eval" in what:
     evaluation_speed(config, FLAGS.passes)
   if "startup" in what:
-    startup_time(config or _startup_config(), _integers("startup_rows"),
-                 _integers("startup_image_sizes"), FLAGS.startup_fixtures)
+    startup_time(config or _startup_config("sources=nih14"),
+                 _integers("startup_rows"), _integers("startup_image_sizes"),
+                 FLAGS.startup_release_scale, FLAGS.startup_fixtures)
 
 
-def _startup_config():
+def _startup_config(arg: str):
+  """configs/r50x1_chest.py:ARG (ARG '' for all four sources)."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return config_lib.load_config_file(os.path.join(repo, STARTUP_CONFIG))
+  return config_lib.load_config_file(
+      os.path.join(repo, "configs", "r50x1_chest.py") + (f":{arg}" if arg else ""))
 
 
 def _integers(flag: str) -> List[int]:

@@ -89,22 +89,46 @@ def make_nih(root):
     write(os.path.join(root, folder, "images", r[0]), radiograph(36, 36, i))
 
 
+def _encoded(size, seed, dtype=np.uint8, **kwargs):
+  """One generated radiograph as file bytes (PNG, or JPEG with quality=)."""
+  import io  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  Image.fromarray(radiograph(size, size, seed, dtype)).save(
+      buffer, format="JPEG" if kwargs else "PNG", **kwargs)
+  return buffer.getvalue()
+
+
+def _write_all(root, relative_paths, content):
+  """Writes `content` to every root/relative path (folders made once)."""
+  made = set()
+  for relative in relative_paths:
+    path = os.path.join(root, relative)
+    folder = os.path.dirname(path)
+    if folder not in made:
+      os.makedirs(folder, exist_ok=True)
+      made.add(folder)
+    with open(path, "wb") as f:
+      f.write(content)
+
+
+def _patients(rng, num_images, images_per_patient):
+  """Patient number (1, 2, ...) of each image, consecutive images shared."""
+  return np.cumsum(rng.random(num_images) < 1 / images_per_patient) + 1
+
+
+# The metadata-scale writers below make a release's layout at any size, with
+# full metadata rows, for start-up and read-count measurements: every image
+# holds the same bytes, since neither depends on what they show.
+
 def make_nih_at_scale(root, num_images, size=16, seed=0):
-  """The NIH layout at any size, with full metadata rows: about 3.7 images
-  per patient with follow-up numbers, half without findings, the others with
-  1-3 of the 14, ages, sexes, PA/AP views; whole patients in test_list.txt
-  (one in five); one PNG of size x size per row in images_0NN/images/
-  folders of 10,000 as released. Every image holds the same bytes: start-up
-  and read counts do not depend on what they show."""
+  """NIH ChestX-ray14: about 3.7 images per patient with follow-up numbers,
+  half without findings, the others with 1-3 of the 14, ages, sexes, PA/AP;
+  whole patients in test_list.txt (one in five); images_0NN/images/ folders
+  of 10,000 as released."""
   rng = np.random.default_rng(seed)
   names = np.array(NIH_LABELS)
-  png = os.path.join(root, "template.png")
-  write(png, radiograph(size, size, seed))
-  with open(png, "rb") as f:
-    image_bytes = f.read()
-  os.remove(png)
-  patients = np.cumsum(rng.random(num_images) < 1 / 3.7) + 1
-  lines, test, train_val = [NIH_HEADER], [], []
+  patients = _patients(rng, num_images, 3.7)
+  lines, test, train_val, files = [NIH_HEADER], [], [], []
   follow_up = 0
   for i, patient in enumerate(patients.tolist()):
     follow_up = follow_up + 1 if i and patient == patients[i - 1] else 0
@@ -115,16 +139,113 @@ def make_nih_at_scale(root, num_images, size=16, seed=0):
                  f"{rng.integers(1, 95)},{'MF'[rng.integers(2)]},"
                  f"{'PA' if rng.random() < 0.6 else 'AP'},2500,2048,0.143,0.143")
     (test if patient % 5 == 0 else train_val).append(name)
-    folder = os.path.join(root, f"images_{i // 10000 + 1:03d}", "images")
-    if i % 10000 == 0:
-      os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, name), "wb") as f:
-      f.write(image_bytes)
+    files.append(f"images_{i // 10000 + 1:03d}/images/{name}")
+  _write_all(root, files, _encoded(size, seed))
   for file_name, content in (("Data_Entry_2017_v2020.csv", lines),
                              ("test_list.txt", test),
                              ("train_val_list.txt", train_val)):
     with open(os.path.join(root, file_name), "w") as f:
       f.write("\n".join(content) + "\n")
+
+
+def _chexpert_labels(rng, count):
+  """`count` CheXpert label fields: blank, 1.0, 0.0 or -1.0."""
+  return ",".join(rng.choice(["", "", "1.0", "0.0", "-1.0"], count))
+
+
+def make_chexpert_at_scale(root, num_images, size=16, seed=0):
+  """CheXpert-v1.0-small: ~3.5 images per patient in studies of 2 views
+  (frontal AP/PA, lateral), the 14 labels blank / 1 / 0 / -1; 234 images
+  (or 1 in 1000) in valid.csv, JPEG images."""
+  rng = np.random.default_rng(seed)
+  patients = _patients(rng, num_images, 3.5)
+  valid = max(1, min(234, num_images // 1000))
+  rows = {"train": [], "valid": []}
+  for i, patient in enumerate(patients.tolist()):
+    split = "valid" if i >= num_images - valid else "train"
+    lateral = rng.random() < 0.15
+    path = (f"CheXpert-v1.0-small/{split}/patient{patient:05d}/study"
+            f"{i // 2 + 1}/view{i % 2 + 1}_"
+            f"{'lateral' if lateral else 'frontal'}.jpg")
+    rows[split].append(
+        f"{path},{'Female' if i % 2 else 'Male'},{rng.integers(18, 90)},"
+        f"{'Lateral' if lateral else 'Frontal'},"
+        f"{'' if lateral else 'AP' if rng.random() < 0.7 else 'PA'},"
+        f"{_chexpert_labels(rng, 14)}")
+  # Patients straddling the cut would be in both splits: renumber valid ones.
+  rows["valid"] = [r.replace("patient", "patient9", 1) for r in rows["valid"]]
+  for split, lines in rows.items():
+    os.makedirs(os.path.join(root, "CheXpert-v1.0-small"), exist_ok=True)
+    with open(os.path.join(root, "CheXpert-v1.0-small", f"{split}.csv"),
+              "w") as f:
+      f.write("\n".join([CHEXPERT_HEADER] + lines) + "\n")
+    _write_all(root, [r.split(",")[0] for r in lines],
+               _encoded(size, seed, quality=90))
+
+
+def make_mimic_at_scale(root, num_images, size=16, seed=0):
+  """MIMIC-CXR-JPG: subjects with ~2 studies of ~1.5 images, PA/AP/LATERAL,
+  a CheXpert-labeller row per study (some studies unlabelled), the official
+  split file (about 1% validate and 2% test, by subject)."""
+  rng = np.random.default_rng(seed)
+  studies = _patients(rng, num_images, 1.5)
+  subjects = np.cumsum(np.r_[True, np.diff(studies) > 0] &
+                       (rng.random(num_images) < 0.5))
+  metadata, labels, split, files = [MIMIC_METADATA_HEADER], [
+      MIMIC_CHEXPERT_HEADER], ["dicom_id,study_id,subject_id,split"], []
+  for i, (study, subject) in enumerate(zip(studies.tolist(),
+                                           subjects.tolist())):
+    dicom = f"{i:08x}-{seed:08x}-bench000-00000000-00000000"
+    subject_id, study_id = f"1{subject:07d}", f"5{study:07d}"
+    view = rng.choice(["PA", "AP", "LATERAL"], p=[0.4, 0.4, 0.2])
+    metadata.append(f"{dicom},{subject_id},{study_id},CHEST (PA AND LAT),"
+                    f"{view},3056,2544,21800506,213014.531,CHEST (PA AND LAT),"
+                    "postero-anterior,Erect")
+    if (not i or study != studies[i - 1]) and rng.random() < 0.95:
+      labels.append(f"{subject_id},{study_id},{_chexpert_labels(rng, 14)}")
+    name = ("test" if subject % 50 == 0 else
+            "validate" if subject % 100 == 1 else "train")
+    split.append(f"{dicom},{study_id},{subject_id},{name}")
+    files.append(f"files/p{subject_id[:2]}/p{subject_id}/s{study_id}/"
+                 f"{dicom}.jpg")
+  os.makedirs(root, exist_ok=True)
+  write_gz(os.path.join(root, "mimic-cxr-2.0.0-metadata.csv.gz"), metadata)
+  write_gz(os.path.join(root, "mimic-cxr-2.0.0-chexpert.csv.gz"), labels)
+  write_gz(os.path.join(root, "mimic-cxr-2.0.0-split.csv.gz"), split)
+  _write_all(root, files, _encoded(size, seed, quality=90))
+
+
+PADCHEST_FINDINGS = ("normal", "cardiomegaly", "pleural effusion", "pneumonia",
+                     "nodule", "scoliosis", "laminar atelectasis",
+                     "aortic elongation", "chronic changes")
+
+
+def make_padchest_at_scale(root, num_images, size=16, seed=0):
+  """PadChest: ~1.7 images per patient, PA/L/AP/AP_horizontal projections,
+  1-3 findings (or 'normal'), 16-bit PNGs in folders 0-50 and 54."""
+  rng = np.random.default_rng(seed)
+  patients = _patients(rng, num_images, 1.7)
+  folders = list(range(51)) + [54]
+  lines, files = [PADCHEST_HEADER], []
+  for i, patient in enumerate(patients.tolist()):
+    image = f"2168401113669640{i:012d}_00-{seed:03d}-000.png"
+    folder = folders[i % len(folders)]
+    findings = rng.choice(PADCHEST_FINDINGS, rng.integers(1, 4), replace=False)
+    projection = rng.choice(["PA", "L", "AP", "AP_horizontal"],
+                            p=[0.55, 0.3, 0.1, 0.05])
+    quoted = '"' + str([str(f) for f in findings]) + '"'
+    lines.append(
+        f"{i},{image},{folder},20140915,study{i},p{patient},1930.0,"
+        f"{'MF'[i % 2]},POSTEROANTERIOR,{projection},Manual review of DICOM "
+        f"fields,No,CR,Maker,MONOCHROME2,0,None,None,12,2092,2251,1728,1872,"
+        f"250,2,2500,10,-1.42,4765777, sin hallazg .,Physician,{quoted},[],"
+        "[],[],[]")
+    files.append(f"{folder}/{image}")
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, "PADCHEST_chest_x_ray_images_labels_160K_"
+                         "01.02.19.csv"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  _write_all(root, files, _encoded(size, seed, dtype=np.uint16))
 
 
 MIMIC_CHEXPERT_HEADER = (
@@ -145,6 +266,11 @@ PADCHEST_HEADER = (
     "Columns_DICOM,XRayTubeCurrent_DICOM,Exposure_DICOM,ExposureInuAs_DICOM,"
     "ExposureTime,RelativeXRayExposure_DICOM,ReportID,Report,MethodLabel,Labels,"
     "Localizations,LabelsLocalizationsBySentence,labelCUIS,LocalizationsCUIS")
+
+
+# Source name (config.data.sources) -> its metadata-scale writer.
+AT_SCALE = {"chexpert": make_chexpert_at_scale, "mimic": make_mimic_at_scale,
+            "nih14": make_nih_at_scale, "padchest": make_padchest_at_scale}
 
 
 def write_gz(path, lines):

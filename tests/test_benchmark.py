@@ -173,11 +173,16 @@ def test_fit_reports_a_batch_that_fits_and_the_accumulation():
 
 def test_startup_on_generated_builds_with_and_without_their_index(tmp_path):
   out = _records("--what=startup", "--startup_rows=300",
-                 "--startup_image_sizes=8,24", f"--startup_fixtures={tmp_path}",
+                 "--startup_image_sizes=8,24", "--startup_release_scale=0.001",
+                 f"--startup_fixtures={tmp_path}",
                  "--config=configs/r50x1_chest.py:sources=nih14",
                  "--config.batch_size=16", "--config.data.resolution=32")
-  assert [(r["rows"], r["image_size"], r["index"]) for r in out] == [
-      (300, 8, True), (300, 8, False), (300, 24, True), (300, 24, False)]
+  # The four releases at 1/1000 of their sizes: 224 + 377 + 112 + 161 images.
+  assert [(r["data"], r["rows"], r["image_size"], r["index"]) for r in out] == [
+      ("nih14", 300, 8, True), ("nih14", 300, 8, False),
+      ("nih14", 300, 24, True), ("nih14", 300, 24, False),
+      ("chexpert+mimic+nih14+padchest", 874, 16, True),
+      ("chexpert+mimic+nih14+padchest", 874, 16, False)]
   assert out[2]["bytes_per_record"] > out[0]["bytes_per_record"]
   for r in out:
     assert 0 < r["seconds_to_open"] < r["seconds_to_first_batch"]
