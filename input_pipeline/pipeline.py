@@ -53,6 +53,13 @@ def load_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder
     raise DatasetNotFoundError(
         f"config.data.name={name!r} is not a known TFDS dataset ({e}).") from e
   except ValueError as e:
+    if "BuilderConfig" in str(e) and "not found" in str(e):
+      base, _, config = name.partition("/")
+      offered = [b.name for b in tfds.builder_cls(base).BUILDER_CONFIGS]
+      raise DatasetNotFoundError(
+          f"{base} has no builder config {config!r} (config.data."
+          f"builder_config; it offers {offered}, and custom ones once built "
+          f"with tfds build --config=...).") from e
     # Our builders default to ArrayRecord; TFDS refuses that default when the
     # prepared copy on disk was written in another format.
     if "File format is already set" not in str(e):

@@ -2,8 +2,8 @@ r"""Measures chest X-ray dataset builds: seconds and stored MB per 1,000 images.
 
 Writes N synthetic radiographs at each dataset's released size and format, in
 its exact folder layout (reusing the test-data writers), builds them with
-TFDS ('default' config: shorter side <= 512 px) and prints one JSON line per
-dataset.
+TFDS (--configs, default 'default': shorter side <= 512 px; 'jpeg': the same
+as JPEG) and prints one JSON line per dataset and config.
   python scripts/cxr_build_benchmark.py --num_images=200
 With --keep=DIR the built datasets stay in DIR (a TFDS data_dir) and their
 source files in DIR/manual/<dataset>, for the input benchmarks, e.g. python -m big_transfer_med.benchmark --what=input,seed_input
@@ -31,8 +31,20 @@ SIZES = {"cxr_nih14": (1024, 1024), "cxr_chexpert": (390, 320),
          "cxr_padchest": (2000, 2000), "cxr_mimic": (3056, 2544)}
 
 
-def _scale_up(name, manual, n):
-  """Replicates the test folder's first rows to n images at released size."""
+def _real_radiographs(size):
+  """The 16 real radiographs of tests/kermany_radiographs.py, grayscale,
+  resized to `size` (height, width) as the release stores them."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from tests import kermany_radiographs  # pylint: disable=g-import-not-at-top
+  return [np.asarray(Image.open(io.BytesIO(data)).convert("L").resize(
+              size[::-1], Image.BICUBIC))
+          for data in kermany_radiographs.jpegs().values()]
+
+
+def _scale_up(name, manual, n, real=False):
+  """Replicates the test folder's first rows to n images at released size
+  (NIH with `real`: the real radiographs in turn, not a synthetic one)."""
   if name == "cxr_nih14":
     lines = open(os.path.join(manual, "Data_Entry_2017_v2020.csv")).read().splitlines()
     rows = [f"{i:08d}_000.png,No Finding,0,{i},50,M,PA,1024,1024,0.14,0.14"
@@ -46,9 +58,11 @@ def _scale_up(name, manual, n):
       f.write("\n".join(names[n // 10:]) + "\n")
     shutil.rmtree(os.path.join(manual, "images_001"))
     shutil.rmtree(os.path.join(manual, "images_002"))
-    image = testdata.radiograph(*SIZES[name], seed=0)
-    for image_name in names:
-      testdata.write(os.path.join(manual, "images_001", "images", image_name), image)
+    images = (_real_radiographs(SIZES[name]) if real else
+              [testdata.radiograph(*SIZES[name], seed=0)])
+    for i, image_name in enumerate(names):
+      testdata.write(os.path.join(manual, "images_001", "images", image_name),
+                     images[i % len(images)])
   elif name == "cxr_chexpert":
     release = os.path.join(manual, "CheXpert-v1.0-small")
     header = open(os.path.join(release, "train.csv")).readline().strip()
@@ -99,28 +113,35 @@ def main():
       "--datasets", default="cxr_nih14,cxr_chexpert,cxr_padchest,cxr_mimic")
   parser.add_argument("--keep", default="",
                       help="Keep the built datasets in this TFDS data_dir.")
+  parser.add_argument("--configs", default="default",
+                      help="Builder configs to build, e.g. default,jpeg.")
+  parser.add_argument("--real_images", action="store_true",
+                      help="cxr_nih14: 16 real radiographs (Kermany et al. "
+                           "2018, from a PyPI wheel) in turn, at 1024 px.")
   args = parser.parse_args()
   for name in args.datasets.split(","):
     work = tempfile.mkdtemp()
     # --keep also keeps the source files (the seed recipe's input).
     manual = os.path.join(args.keep or work, "manual", name)
     getattr(testdata, "make_" + name[len("cxr_"):].replace("14", ""))(manual)
-    _scale_up(name, manual, args.num_images)
+    _scale_up(name, manual, args.num_images, args.real_images)
     data_dir = args.keep or os.path.join(work, "tfds")
-    start = time.perf_counter()
-    builder = tfds.builder(name, data_dir=data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual))
-    seconds = time.perf_counter() - start
-    images = sum(s.num_examples for s in builder.info.splits.values())
-    size = sum(os.path.getsize(os.path.join(d, f))
-               for d, _, files in os.walk(builder.data_dir) for f in files)
-    print(json.dumps({
-        "dataset": name, "config": "default", "images": images,
-        "data_dir": data_dir if args.keep else None,
-        "source_size": SIZES[name],
-        "seconds_per_1000": round(seconds / images * 1000, 1),
-        "mb_per_1000": round(size / images * 1000 / 2**20, 1)}), flush=True)
+    for config in args.configs.split(","):
+      start = time.perf_counter()
+      builder = tfds.builder(f"{name}/{config}", data_dir=data_dir)
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual))
+      seconds = time.perf_counter() - start
+      images = sum(s.num_examples for s in builder.info.splits.values())
+      size = sum(os.path.getsize(os.path.join(d, f))
+                 for d, _, files in os.walk(builder.data_dir) for f in files)
+      print(json.dumps({
+          "dataset": name, "config": config, "images": images,
+          "real_images": args.real_images,
+          "data_dir": data_dir if args.keep else None,
+          "source_size": SIZES[name],
+          "seconds_per_1000": round(seconds / images * 1000, 1),
+          "mb_per_1000": round(size / images * 1000 / 2**20, 1)}), flush=True)
     shutil.rmtree(work)
 
 

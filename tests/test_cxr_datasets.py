@@ -9,6 +9,7 @@ from etils import epath
 
 from input_pipeline import errors
 from input_pipeline import labels as labels_lib
+from input_pipeline import pipeline
 from input_pipeline.datasets import cxr_chexpert
 from input_pipeline.datasets import cxr_common
 from input_pipeline.datasets import cxr_mimic
@@ -89,6 +90,29 @@ def test_default_config_downscales_original_keeps_bytes(tmp_path):
   np.testing.assert_array_equal(
       np.isnan(first["labels"]),
       [False] + [True] * 8 + [False] + [True] * 3 + [False])
+
+
+def test_jpeg_config_stores_the_default_images_as_jpeg(tmp_path):
+  manual = os.path.join(TESTDATA, "cxr_chexpert")
+  images = {}
+  for config in ("default", "jpeg"):
+    builder = _build(f"cxr_chexpert/{config}", manual, tmp_path)
+    raw = builder.as_data_source(
+        "train", decoders={"image": tfds.decode.SkipDecoding()})
+    stored = {ex["source_path"]: ex["image"] for ex in raw}
+    magic = b"\xff\xd8\xff" if config == "jpeg" else b"\x89PNG"
+    assert all(b.startswith(magic) for b in stored.values()), config
+    images[config] = {ex["source_path"]: ex["image"].astype(np.float32)
+                      for ex in builder.as_data_source("train")}
+  assert images["jpeg"].keys() == images["default"].keys()
+  for path, image in images["default"].items():
+    assert images["jpeg"][path].shape == image.shape
+    # Quality 95 on these noisy synthetic images: a few grey levels.
+    assert np.abs(images["jpeg"][path] - image).mean() < 3, path
+  with pytest.raises(pipeline.DatasetNotFoundError,
+                     match=r"cxr_padchest has no builder config 'jpeg'.*"
+                           r"\['default', 'original'\]"):
+    pipeline.load_builder("cxr_padchest/jpeg", str(tmp_path))
 
 
 def _copy(name, tmp_path):

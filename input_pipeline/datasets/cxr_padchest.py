@@ -154,6 +154,7 @@ class CxrPadchest(cxr_common.CxrBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   LABEL_NAMES = labels_lib.PADCHEST_FINDINGS
   IMAGE_DTYPE = np.uint16
+  BUILDER_CONFIGS = cxr_common.BUILDER_CONFIGS  # No JPEG: 16-bit images.
   HOMEPAGE = "https://bimcv.cipf.es/bimcv-projects/padchest/"
   IMAGE_LAYOUT = ("<ImageDir>/<ImageID> (numbered folders) or <ImageID> (one "
                   "flat folder) beside the CSV")

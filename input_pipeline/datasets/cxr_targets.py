@@ -23,13 +23,11 @@ class _CxrClassificationBuilder(cxr_common.CxrBuilder):
   EXTRA_FEATURES = {}  # Name -> TFDS feature, beside the common ones.
 
   def _info(self):
-    original = self.builder_config.max_short_side is None
     return self.dataset_info_from_configs(
         description=self.__class__.__doc__,
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(
-                shape=(None, None, 1), dtype=self.IMAGE_DTYPE,
-                encoding_format=None if original else "png"),
+            "image": cxr_common.image_feature(self.builder_config,
+                                              self.IMAGE_DTYPE),
             "label": tfds.features.ClassLabel(names=self.CLASS_NAMES),
             "patient_id": tfds.features.Text(),
             "source": tfds.features.Text(),
@@ -61,7 +59,7 @@ class CxrTuberculosis(_CxrClassificationBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = cxr_common.BUILDER_CONFIGS + [
+  BUILDER_CONFIGS = cxr_common.EIGHT_BIT_CONFIGS + [
       cxr_common.CxrConfig(
           name="seed", seed_split=True,
           description="The seed code's split: 85/15 of each set's sorted "
