@@ -25,6 +25,9 @@ Measurements (`--what`, comma-separated):
   input   images/s (and per CPU core) of the config's training pipeline:
           built TFDS data through the real decoding, preprocessing and
           augmentation;
+  input_stages  where one core's input time goes: ms per image (one
+          thread) to decode --peer_images stored images, to decode and
+          resize, and to preprocess whole;
   eval    seconds per pass of each evaluator of the config (config.evals),
           first pass (compiling) and later ones, as periodic evaluations run;
   e2e     training steps/s with the config's pipeline feeding the step, as a
@@ -82,8 +85,8 @@ FLAGS = flags.FLAGS
 # arrives with another layout (first call vs. later calls).
 WARMUP_STEPS = 2
 E2E_ROUNDS = 3  # Alternating model-only / with-input blocks of --steps.
-MEASUREMENTS = ("peak", "train", "memory", "fit", "input", "e2e", "eval",
-                "startup", "timm", "seed_input")
+MEASUREMENTS = ("peak", "train", "memory", "fit", "input", "input_stages",
+                "e2e", "eval", "startup", "timm", "seed_input")
 
 
 def emit(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -413,6 +416,42 @@ def input_speed(config, batches: int) -> Dict[str, Any]:
                "cores": cores, **_device()})
 
 
+def input_stages(config, images: int, passes: int = 3) -> Dict[str, Any]:
+  """Where one core's input time goes: ms per image (one thread, best of
+  `passes`) to decode the stored images of the config's first training
+  source, to decode and resize them, and to preprocess them whole (decode,
+  resize, the config's augmentation, channels, normalisation)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from input_pipeline import preprocessing  # pylint: disable=g-import-not-at-top
+  data, config = _data(config)
+  source = data.train.sources[0]
+  encoded = [image for image, _ in source.read(
+      np.arange(min(images, len(source))))]
+  decode, c = source.image_feature.decode_example, config.data
+  stages = {
+      "decode": decode,
+      "decode_resize": lambda x: preprocessing.resize(decode(x), c.resolution),
+      "preprocess": lambda x: preprocessing.preprocess(
+          decode(x), c, train=True, rng=tf.constant([0, 1], tf.int64)),
+  }
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = 1
+  ms = {}
+  for name, stage in stages.items():
+    dataset = tf.data.Dataset.from_tensor_slices(encoded).map(
+        tf.autograph.experimental.do_not_convert(stage)).with_options(options)
+    for _ in dataset:  # Warm-up: tracing.
+      pass
+    ms[name] = round(_best_time(lambda d=dataset: [_ for _ in d], passes)
+                     / len(encoded) * 1000, 3)
+  return emit({"measurement": "input_stages",
+               "data": f"{source.builder.name}/{c.builder_config}",
+               "encoding": source.image_feature.encoding_format,
+               "stored_shape": list(decode(encoded[0]).shape),
+               "augment": c.augment, "resolution": c.resolution,
+               "images": len(encoded), "ms_per_image": ms, **_device()})
+
+
 def end_to_end(config, steps: int) -> Dict[str, Any]:
   """Train steps/s fed by the real pipeline vs. the same step on one fixed
   batch (model only), in alternating blocks of `steps` (medians)."""
@@ -599,9 +638,10 @@ def main(argv):
   unknown = what - set(MEASUREMENTS)
   if unknown:
     raise app.UsageError(f"--what: unknown {sorted(unknown)}.")
-  if {"input", "e2e", "eval", "seed_input"} & what and FLAGS.config is None:
-    raise app.UsageError("--what=input/e2e/eval/seed_input needs --config=FILE "
-                         "(the data).")
+  if ({"input", "input_stages", "e2e", "eval", "seed_input"} & what
+      and FLAGS.config is None):
+    raise app.UsageError("--what=input/input_stages/e2e/eval/seed_input needs "
+                         "--config=FILE (the data).")
   if not all(a.isdigit() and int(a) >= 1 and FLAGS.batch_size % int(a) == 0
              for a in FLAGS.accum_steps):
     raise app.UsageError(
@@ -671,6 +711,8 @@ def _measure(what, config, memories) -> None:
                     FLAGS.global_batch, FLAGS.devices, precision, remat,
                     lowering, FLAGS.channels, FLAGS.num_classes)
   ours = input_speed(config, FLAGS.steps) if "input" in what else None
+  if "input_stages" in what:
+    input_stages(config, FLAGS.peer_images)
   if "seed_input" in what:
     seed_input_peer(config, FLAGS.peer_images, FLAGS.peer_files,
                     ours=ours)

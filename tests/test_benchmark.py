@@ -83,13 +83,18 @@ def test_memory_falls_with_accumulation():
 
 
 def test_input_end_to_end_and_evaluation(tiny_fmnist_data_dir):
-  out = _run("--what=input,seed_input,e2e,eval", f"--config={test_main.CONFIG}",
+  out = _run("--what=input,input_stages,seed_input,e2e,eval",
+             f"--config={test_main.CONFIG}",
              f"--config.data.data_dir={tiny_fmnist_data_dir}",
              "--config.batch_size=8", "--config.model.name=R26x1",
              "--steps=3", "--peer_images=24", "--passes=1")
   assert out["input_pipeline"]["images_per_sec"] > 0
   assert out["input_pipeline"]["images_per_sec_per_core"] <= out[
       "input_pipeline"]["images_per_sec"]
+  stages = out["input_stages"]
+  assert stages["images"] == 24 and stages["stored_shape"] == [28, 28, 1]
+  assert set(stages["ms_per_image"]) == {"decode", "decode_resize", "preprocess"}
+  assert all(ms > 0 for ms in stages["ms_per_image"].values())
   # The seed recipe (OpenCV + albumentations) on the same stored PNGs.
   peer = out["peer_input"]
   assert peer["encoding"] == "png" and peer["peer_images"] == 24
