@@ -425,8 +425,7 @@ def input_stages(config, images: int, passes: int = 3) -> Dict[str, Any]:
   from input_pipeline import preprocessing  # pylint: disable=g-import-not-at-top
   data, config = _data(config)
   source = data.train.sources[0]
-  encoded = [image for image, _ in source.read(
-      np.arange(min(images, len(source))))]
+  encoded = source.encoded_images(np.arange(min(images, len(source))))
   decode, c = source.image_feature.decode_example, config.data
   stages = {
       "decode": decode,
@@ -565,7 +564,7 @@ def seed_input_peer(config, images: int, files_pattern: str = "",
     else:
       source = pipeline.Pipeline(config.data).train.sources[0]
       positions = np.arange(min(images, len(source)))
-      encoded = [image for image, _ in source.read(positions)]
+      encoded = source.encoded_images(positions)
       encoding = source.image_feature.encoding_format or "png"  # TFDS default.
       paths = peers.write_encoded_images(encoded, directory, encoding)
       origin = {"peer_reads":

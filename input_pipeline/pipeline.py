@@ -148,7 +148,9 @@ class Source:
     """`field` of every record of the split (not only the selected ones)."""
     return _index(self.builder, self.split, self._data)[field]
 
-  def label_vector(self, record) -> np.ndarray:
+  def stored_labels(self, records: np.ndarray) -> np.ndarray:
+    """Label vectors [len(records), classes] of records (numbers in the
+    split), as the pipeline harmonises them: from the index."""
     raise NotImplementedError
 
   def label_matrix(self) -> tuple[np.ndarray, np.ndarray]:
@@ -172,10 +174,20 @@ class Source:
     out.indices = self.indices[positions]
     return out
 
-  def read(self, positions: np.ndarray):
-    """Yields (image bytes, float32 label vector) at `positions` (in order)."""
-    for record in self._data.__getitems__(self.indices[positions].tolist()):
-      yield record["image"], self.label_vector(record)
+  def read(self, positions: np.ndarray) -> tuple[list, np.ndarray]:
+    """(serialized records, float32 label vectors) at `positions`, in order.
+
+    The records come as stored (the image is parsed out of them inside the
+    tf.data graph, in parallel): one ArrayRecord read, no Python decoding.
+    """
+    records = self.indices[positions]
+    return (self._data.data_source.__getitems__(records.tolist()),
+            self.stored_labels(records))
+
+  def encoded_images(self, positions: np.ndarray) -> list[bytes]:
+    """The stored (encoded) image bytes at `positions`."""
+    serialized, _ = self.read(positions)
+    return list(parse_images(tf.constant(serialized)).numpy())
 
 
 class ClassificationSource(Source):
@@ -199,11 +211,11 @@ class ClassificationSource(Source):
       self.label_names = [self.label_names[c] for c in classes]
     self._one_hot = np.eye(len(self.label_names), dtype=np.float32)
 
-  def label_vector(self, record) -> np.ndarray:
-    return self._one_hot[self._label_map[record["label"]]]
+  def stored_labels(self, records: np.ndarray) -> np.ndarray:
+    return self._one_hot[self._label_map[self.column("label")[records]]]
 
   def label_matrix(self):
-    labels = self._one_hot[self._label_map[self.column("label")[self.indices]]]
+    labels = self.stored_labels(self.indices)
     return labels, np.ones_like(labels)
 
 
@@ -233,11 +245,11 @@ class CxrSource(Source):
       self.indices = self.indices[
           np.sum((labels > 0.5) & (mask > 0), axis=1) == 1]
 
-  def label_vector(self, record) -> np.ndarray:
-    return np.asarray(record["labels"], np.float32)
+  def stored_labels(self, records: np.ndarray) -> np.ndarray:
+    return self.column("labels")[records].astype(np.float32)
 
   def label_matrix(self):
-    raw = self.column("labels")[self.indices]
+    raw = self.stored_labels(self.indices)
     labels, mask = self.harmonizer(raw.reshape(len(raw), -1))
     return labels.numpy(), mask.numpy()
 
@@ -257,18 +269,28 @@ class MixedSource:
   def __len__(self) -> int:
     return int(self.offsets[-1])
 
-  def read(self, indices: np.ndarray):
-    """Returns [(source id, image bytes, label vector)] for global `indices`,
-    reading each source's share in one batched call."""
+  def read(self, indices: np.ndarray, width: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source ids, serialized records, label vectors [n, width], NaN
+    beyond a source's own labels) at global `indices`, reading each source's
+    share in one batched call."""
     which = np.searchsorted(self.offsets, indices, side="right") - 1
-    out = [None] * len(indices)
+    serialized = np.empty(len(indices), object)
+    labels = np.full((len(indices), width), np.nan, np.float32)
     for source_id in np.unique(which):
       where = np.flatnonzero(which == source_id)
-      local = indices[where] - self.offsets[source_id]
-      for i, (image, labels) in zip(where,
-                                    self.sources[source_id].read(local)):
-        out[i] = (int(source_id), image, labels)
-    return out
+      records, rows = self.sources[source_id].read(
+          indices[where] - self.offsets[source_id])
+      serialized[where] = records
+      labels[where, :rows.shape[1]] = rows
+    return which.astype(np.int32), serialized, labels
+
+
+def parse_images(serialized: tf.Tensor) -> tf.Tensor:
+  """The stored image bytes of serialized records (a tensor of any shape)."""
+  images = tf.io.parse_example(tf.reshape(serialized, [-1]), {
+      "image": tf.io.FixedLenFeature([], tf.string)})["image"]
+  return tf.reshape(images, tf.shape(serialized))
 
 
 def weighted_indices(positions: np.ndarray, sizes: np.ndarray,
@@ -484,16 +506,11 @@ class Pipeline:
     width = max(len(s.label_names) for s in source.sources)
 
     def generator():
-      # One yield per batch, not per example: Python's share of the work
-      # (and of the GIL) stays small beside the parallel decoding below.
+      # One yield per batch, not per example, and no per-example Python:
+      # the generator's share of the work (and of the GIL) stays small
+      # beside the parallel parsing and decoding below.
       for positions, indices in batches():
-        records = source.read(indices)
-        labels = np.full((len(records), width), np.nan, np.float32)
-        for i, (_, _, label) in enumerate(records):
-          labels[i, :len(label)] = label
-        yield (np.asarray(positions, np.int64),
-               np.array([r[0] for r in records], np.int32),
-               np.array([r[1] for r in records], object), labels)
+        yield (np.asarray(positions, np.int64), *source.read(indices, width))
 
     ds = tf.data.Dataset.from_generator(generator, output_signature=(
         tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32),
@@ -512,7 +529,8 @@ class Pipeline:
       size = len(source.sources[source_id].label_names)
       return (image,) + harmonizer(labels[:size], label_rng)
 
-    def process(position, source_id, image, labels):
+    def process(position, source_id, serialized, labels):
+      image = parse_images(serialized)
       rng = tf.stack([tf.cast(seed, tf.int64), position])
       label_rng, image_rng = tf.unstack(
           tf.random.experimental.stateless_split(rng, 2))
@@ -574,7 +592,7 @@ class Pipeline:
         source_id = int(np.searchsorted(source.offsets, index, side="right") - 1)
         src = source.sources[source_id]
         position = index - source.offsets[source_id]
-        (image, _), = src.read(np.array([position]))
+        (image,) = src.encoded_images(np.array([position]))
         try:
           src.image_feature.decode_example(tf.constant(image))
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):

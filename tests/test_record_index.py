@@ -104,8 +104,8 @@ def test_an_index_that_does_not_fit_its_split_names_the_file_and_the_fix(
     _selection(str(tmp_path))
 
 
-class CountingSource:
-  """A split's data source that records the record numbers of each read."""
+class CountingReads:
+  """Records the record numbers of every read of a random-access source."""
 
   def __init__(self, source, reads):
     self._source, self.reads = source, reads
@@ -119,6 +119,15 @@ class CountingSource:
   def __getitems__(self, records):
     self.reads.append(list(records))
     return self._source.__getitems__(records)
+
+
+class CountingSource(CountingReads):
+  """A split's TFDS data source whose reads, decoded (its own) or raw (its
+  ArrayRecord data_source's), are all recorded."""
+
+  def __init__(self, source, reads):
+    super().__init__(source, reads)
+    self.data_source = CountingReads(source.data_source, reads)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import tensorflow as tf
 
 from big_transfer_med import preemption
 from big_transfer_med import run_dir
@@ -266,11 +267,17 @@ def test_undecodable_image_at_training_time_is_named(tiny_fmnist_data_dir,
   names the record, and the checkpoints already written stay intact."""
   original = pipeline.Source.read
 
+  def truncated_image(serialized):
+    example = tf.train.Example.FromString(serialized)
+    image = example.features.feature["image"].bytes_list.value
+    image[0] = image[0][:40]
+    return example.SerializeToString()
+
   def read(self, positions):
-    for record, (image, labels) in zip(self.indices[positions],
-                                       original(self, positions)):
-      yield (image[:40] if self.split == "train" and record == 7 else image,
-             labels)
+    serialized, labels = original(self, positions)
+    return [truncated_image(r) if self.split == "train" and record == 7
+            else r for record, r in zip(self.indices[positions], serialized)
+            ], labels
   monkeypatch.setattr(pipeline.Source, "read", read)
   data_before = _snapshot(tiny_fmnist_data_dir)
   workdir = str(tmp_path / "run")
