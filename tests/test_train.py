@@ -174,6 +174,11 @@ def _steps_with_accumulation(accum_steps, batches):
   return initial, parallel.unreplicate(state), step_losses
 
 
+# XLA:CPU's compiler has segfaulted while compiling this accumulated step
+# (a whole R26 inside a scan, pmapped), in about half the CI runs and never
+# on a rerun: a crashed worker reruns the test in a fresh one, up to twice.
+# A failing assertion is not rerun.
+@pytest.mark.flaky(reruns=2, only_rerun=["crashed while running"])
 @pytest.mark.usefixtures("no_compilation_cache_writes")
 def test_accumulated_micro_batches_give_the_unsplit_update():
   """8 examples per device (2 devices) as 1 x 8, 4 x 2 and 8 x 1
