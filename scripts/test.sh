@@ -14,4 +14,6 @@ fi
 # thread a roomy stack where the hard limit allows, and log what it got.
 ulimit -S -s "$(ulimit -H -s | awk '{print ($1 == "unlimited" || $1 > 65536) ? 65536 : $1}')" || true
 echo "Tests: $(nproc) cores, stack limit $(ulimit -s) KiB, $(python --version)."
-python -m pytest -n 2 --dist=loadfile -q --durations=15 "$@"
+# A crashed worker ends the run (reported): after replacing one, xdist's
+# loadfile scheduler can wait forever.
+python -m pytest -n 2 --dist=loadfile --max-worker-restart=0 -q --durations=15 "$@"

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -14,6 +15,22 @@ from big_transfer_med import study
 from input_pipeline import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def compilation_cache_on(monkeypatch):
+  """JAX's persistent compilation cache on, as users have it (conftest turns
+  it off), in this process and the commands it starts."""
+  from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", "true")
+  saved = {name: getattr(jax.config, name) for name in (
+      "jax_enable_compilation_cache", "jax_compilation_cache_dir")}
+  jax.config.update("jax_enable_compilation_cache", True)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
 
 
 def _spec(workdir, **overrides):
@@ -124,6 +141,7 @@ def get_config():
   assert "1 jobs done" in result.stdout
 
 
+@pytest.mark.usefixtures("compilation_cache_on")
 def test_run_mode_trains_skips_and_tabulates(tiny_fmnist_data_dir, tmp_path):
   spec = _spec(str(tmp_path / "study"), sources={"scratch": ""}, shots=(2,),
                seeds=(0, 1),
@@ -160,6 +178,7 @@ def _final_params(job):
   return manager.restore(manager.latest_step())["params"]
 
 
+@pytest.mark.usefixtures("compilation_cache_on")
 def test_in_process_jobs_equal_a_process_per_job(tiny_fmnist_data_dir,
                                                  tmp_path):
   """Two few-shot seeds in this process give bitwise the same models and

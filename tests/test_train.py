@@ -99,20 +99,6 @@ def _lowerings(fn) -> int:
   return events.count("/jax/core/compile/jaxpr_to_mlir_module_duration")
 
 
-@pytest.fixture
-def no_compilation_cache_writes():
-  """The persistent compilation cache is only read: writing the executables
-  of a step built here with parallel.per_device has crashed XLA:CPU's
-  serialiser (segfault) in a busy test worker (on fresh clones; never
-  alone)."""
-  min_compile_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
-  yield
-  jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                    min_compile_seconds)
-
-
-@pytest.mark.usefixtures("no_compilation_cache_writes")
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_train_step_is_compiled_once(precision):
   """The replicated state is laid out as the step returns it, so steps 2 and
@@ -183,9 +169,7 @@ def test_accumulated_micro_batches_give_the_unsplit_update():
   (segfault, abort) compiling this accumulated step (a whole R26 inside a
   scan, pmapped) in CI workers; a process killed by a signal is run again,
   up to twice. A failing assertion fails at once."""
-  code = ("import jax; jax.config.update("
-          "'jax_persistent_cache_min_compile_time_secs', 1e9); "
-          "from tests import test_train; "
+  code = ("from tests import test_train; "
           "test_train.check_accumulated_micro_batches()")
   env = dict(os.environ, PYTHONPATH=REPO)
   for _ in range(3):
