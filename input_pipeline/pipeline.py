@@ -124,9 +124,8 @@ def _index(builder, split: str, data) -> record_index.Columns:
             "its records, image bytes included. Write the index once, for a "
             "start-up independent of image bytes:\n  %s", builder.data_dir,
             record_index.rebuild_command(builder))
-      columns = record_index.parse_columns(
-          record_index.read_records(data.data_source),
-          record_index.indexed_fields(builder.info.features))
+      columns = record_index.columns_of(data.data_source,
+                                        builder.info.features)
     _INDEXES[key] = columns
   return _INDEXES[key]
 

@@ -75,6 +75,12 @@ def read_records(source, chunk: int = _CHUNK) -> Iterable[Sequence[bytes]]:
     yield source.__getitems__(list(range(start, min(start + chunk, len(source)))))
 
 
+def columns_of(source, features: tfds.features.FeaturesDict) -> Columns:
+  """The indexed fields of every record of a random-access `source` (a pass
+  over all its bytes, images included)."""
+  return parse_columns(read_records(source), indexed_fields(features))
+
+
 def write(data_dir, name: str, split_info: tfds.core.SplitInfo,
           features: tfds.features.FeaturesDict) -> epath.Path:
   """Reads the ArrayRecord files of one built split and writes its index
@@ -82,7 +88,7 @@ def write(data_dir, name: str, split_info: tfds.core.SplitInfo,
   from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
   files = [os.fspath(p) for p in split_info.filepaths]
   with array_record_data_source.ArrayRecordDataSource(files) as source:
-    columns = parse_columns(read_records(source), indexed_fields(features))
+    columns = columns_of(source, features)
   buffer = io.BytesIO()
   np.savez(buffer, **columns)
   target = path(data_dir, name, split_info.name)
