@@ -37,7 +37,8 @@ Measurements (`--what`, comma-separated):
           generated cxr_nih14 builds (full metadata rows) of each of
           --startup_rows and --startup_image_sizes, kept in
           --startup_fixtures; with the build's record index and without;
-  timm    peer: PyTorch + timm's BiT ResNet-v2 train step at the same model,
+  timm    peer: PyTorch + timm's BiT ResNet-v2 (torchvision's own model for
+          resnet50 and its family) train step at the same model,
           resolution, batch and precision (AMP bfloat16 + channels_last on a
           GPU); `ratio` = our images/s over its images/s (with `train`);
   seed_input  peer: the seed paper's OpenCV + albumentations recipe on the
@@ -128,7 +129,8 @@ def _parts(model_name: str, num_classes: int, loss: str,
            remat: str = "none", accum_steps: int = 1):
   """Model, the trainer's optimiser (constant rate) and its train_step."""
   model = models.get_model(model_name, num_classes, precision,
-                           conv_lowering=conv_lowering, remat=remat)
+                           conv_lowering=conv_lowering, remat=remat,
+                           bn_axis_name=parallel.AXIS)
   schedule = optim.create_schedule(0.01, 1_000_000)
   optimizer = optim.create_optimizer(schedule, weight_decay=1e-4)
   step_fn = functools.partial(train.train_step, model=model,

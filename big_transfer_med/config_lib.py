@@ -156,6 +156,17 @@ def _data_defaults() -> ml_collections.ConfigDict:
   return d
 
 
+def set_model(config: ml_collections.ConfigDict, name: str) -> None:
+  """config.model.name = `name`; torchvision's ResNets (models.RESNET_V1),
+  whose released checkpoints (supervised and self-supervised) were all
+  trained on ImageNet-normalised inputs, also get
+  config.data.normalization = 'imagenet'."""
+  from big_transfer_med import models  # pylint: disable=g-import-not-at-top
+  config.model.name = name
+  if name in models.RESNET_V1:
+    config.data.normalization = "imagenet"
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by all runs (the seed paper's upstream recipe)."""
   c = ml_collections.ConfigDict()
@@ -190,6 +201,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = ml_collections.ConfigDict()
   c.init.checkpoint = ""
   c.init.dont_load = ()  # Regexes over names like 'head/kernel'.
+  # BatchNorm models: replace the checkpoint's running averages by those of
+  # this many training batches before the first step (0: keep them).
+  c.init.reestimate_batch_stats = 0
   # A run of ours as init.checkpoint: its best-validation checkpoint if it
   # kept one, else its latest (RUN:latest / RUN:best choose). Its inputs'
   # config.data.normalization must be this run's unless this is True.
@@ -229,6 +243,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.decay_factor = 0.1
 
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = "sgd"  # optim.OPTIMIZERS: sgd (momentum, AGC) or adam.
   c.optim.base_lr = 0.01  # For reference_batch_size images; scaled linearly.
   c.optim.reference_batch_size = 256
   c.optim.momentum = 0.9

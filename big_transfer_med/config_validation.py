@@ -113,17 +113,16 @@ def _parses(parse: Callable[[Any], Any], failures) -> Callable[[Any], bool]:
 
 
 RULES: Dict[str, Rule] = {
-    "recipe": choice(("ours", "bit", "seed")),
+    "recipe": choice(("ours", "bit", "seed", "benchmark")),
     "seed": integer(0),
-    "model.name": Rule("R<depth>x<width> with depth in "
-                       f"{sorted(models.DEPTHS)} and width in "
-                       f"{list(models.WIDTHS)}, e.g. 'R50x1'",
-                       _parses(models.parse_name, (errors.ConfigError, TypeError))),
+    "model.name": Rule(models.MODEL_NAMES_HELP,
+                       _parses(models.check_name, (errors.ConfigError, TypeError))),
     "model.precision": choice(sorted(models.PRECISIONS)),
     "model.head_init": choice(models.HEAD_INITS),
     "model.conv_lowering": choice(models.CONV_LOWERINGS),
     "model.remat": choice(models.REMATS),
     "init.checkpoint": string(),
+    "init.reestimate_batch_stats": integer(0),
     "init.allow_normalization_change": boolean(),
     "init.dont_load": sequence(Rule("regular expression",
                                         _parses(re.compile, (re.error, TypeError)))),
@@ -177,6 +176,7 @@ RULES: Dict[str, Rule] = {
     "schedule.decay_epochs": sequence(number(0), increasing=True,
                                       optional=True),
     "schedule.decay_factor": number(0, 1, low_open=True),
+    "optim.name": choice(optim.OPTIMIZERS),
     "optim.base_lr": number(0),  # 0: e.g. to check what a checkpoint gives.
     "optim.reference_batch_size": integer(1),
     "optim.momentum": number(0, 1, high_open=True),
@@ -287,6 +287,10 @@ def _check_together(values: Dict[str, Any], resolved: bool) -> None:
       _fail("checkpoint.best_metric", values["checkpoint.best_metric"],
             f"'<evaluator>/<metric>' with a classification evaluator of "
             f"config.evals and a metric in {list(PRIMARY_METRICS[1:])}")
+  if values.get("init.reestimate_batch_stats") and not models.uses_batch_norm(
+      values["model.name"]):
+    _fail("init.reestimate_batch_stats", values["init.reestimate_batch_stats"],
+          f"0: config.model.name={values['model.name']!r} has no BatchNorm")
   if values["hyperrule"] and not resolved:
     return  # BiT-HyperRule fills the keys checked below.
   if not values["data.resolution"]:

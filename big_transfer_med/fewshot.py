@@ -139,8 +139,8 @@ def main(argv):
   elif checkpoint and f.model:
     config = config_lib.base_config()
     config.model.name, config.data.resolution = f.model, 224
-    variables = {"params": pretrained_weights.load_body_params(
-        checkpoint, f.model, f.channels or 3)}
+    variables = pretrained_weights.load_body_variables(
+        checkpoint, f.model, f.channels or 3)
   else:
     raise errors.ConfigError("Give --workdir, or --checkpoint and --model.")
   # The run's own probe, if it had one, where no flag says otherwise.

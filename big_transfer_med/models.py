@@ -1,6 +1,9 @@
-"""BiT ResNet-v2 (pre-activation, GroupNorm, weight-standardised convolutions).
+"""The models, by name (get_model): BiT ResNet-v2 ('R50x1': pre-activation,
+GroupNorm, weight-standardised convolutions) and torchvision's ResNet
+('resnet50': v1.5, BatchNorm), the family of the self-supervised ImageNet
+checkpoints.
 
-Numerics follow the public BiT weights, which differ from Flax defaults in ways
+BiT numerics follow the public BiT weights, which differ from Flax defaults in ways
 that change outputs:
   * GroupNorm uses 32 groups, eps 1e-5 and the two-pass variance mean((x-mu)^2).
   * Convolution kernels are standardised per output channel over (H, W, in)
@@ -102,17 +105,11 @@ def matmul_conv(inputs, kernel, strides, padding):
   return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
 
 
-class StdConv(nn.Conv):
-  """Convolution whose kernel is weight-standardised before use.
-
-  With `lowering='matmul'` (CONV_LOWERINGS) it runs as matmul_conv: same
-  parameters and result (tested), computed by XLA:CPU 2-10x faster.
-  """
+class Conv(nn.Conv):
+  """nn.Conv that, with `lowering='matmul'` (CONV_LOWERINGS), runs as
+  matmul_conv: same parameters and result (tested), computed by XLA:CPU
+  2-10x faster."""
   lowering: str = "auto"
-
-  def param(self, name, *args, **kwargs):
-    value = super().param(name, *args, **kwargs)
-    return standardize_weight(value) if name == "kernel" else value
 
   @nn.compact
   def __call__(self, inputs):
@@ -128,6 +125,14 @@ class StdConv(nn.Conv):
     strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
     inputs, kernel = nn.dtypes.promote_dtype(inputs, kernel, dtype=self.dtype)
     return matmul_conv(inputs, kernel, strides, self.padding)
+
+
+class StdConv(Conv):
+  """Convolution whose kernel is weight-standardised before use."""
+
+  def param(self, name, *args, **kwargs):
+    value = super().param(name, *args, **kwargs)
+    return standardize_weight(value) if name == "kernel" else value
 
 
 def zero_pad_max_pool(x):
@@ -165,7 +170,7 @@ class BottleneckUnit(nn.Module):
 
 
 # config.model.head_init: how a new classifier starts.
-HEAD_INITS = ("zeros", "pytorch")
+HEAD_INITS = ("zeros", "pytorch", "normal")
 
 
 def _head_initializers(head_init: str, fan_in: int):
@@ -173,9 +178,13 @@ def _head_initializers(head_init: str, fan_in: int):
   starts from a uniform prediction and the pre-trained features are not
   disturbed. 'pytorch' is what a freshly built torch.nn.Conv2d / Linear
   gets (the seed's fine-tuning): kaiming_uniform(a=sqrt(5)) weights and
-  biases, both U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  biases, both U(-1/sqrt(fan_in), 1/sqrt(fan_in)). 'normal' is the
+  benchmark paper's (Hosseinzadeh Taher et al.) new head: N(0, 0.01)
+  weights, zero bias."""
   if head_init == "zeros":
     return nn.initializers.zeros, nn.initializers.zeros
+  if head_init == "normal":
+    return nn.initializers.normal(0.01), nn.initializers.zeros
   if head_init != "pytorch":
     raise errors.ConfigError(f"config.model.head_init={head_init!r}: "
                              f"expected one of {HEAD_INITS}.")
@@ -234,25 +243,201 @@ class ResNetV2(nn.Module):
                     name="head")(features)
 
 
+class BatchNorm(nn.Module):
+  """torch.nn.BatchNorm2d (eps 1e-5, momentum 0.1) over NHWC, synchronised:
+  with `axis_name`, the batch statistics are those of the whole global
+  batch (every device of every host). Written out rather than nn.BatchNorm
+  because PyTorch's running variance takes the unbiased batch variance
+  (n / (n - 1)), which checkpoints trained either way should agree on.
+  Statistics are computed in float32 whatever the compute dtype."""
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  axis_name: Optional[str] = None
+  dtype: Optional[jnp.dtype] = None
+  scale_init: nn.initializers.Initializer = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    features = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (features,))
+    bias = self.param("bias", nn.initializers.zeros, (features,))
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros,
+                                 (features,), jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (features,),
+                                jnp.float32)
+    if train:
+      x32 = x.astype(jnp.float32)
+      count = x.size // features
+      mean = jnp.mean(x32, axis=(0, 1, 2))
+      if self.axis_name:  # Equal shares: the mean of means is the mean.
+        mean = jax.lax.pmean(mean, self.axis_name)
+        count *= jax.lax.psum(1, self.axis_name)
+      var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))  # Two-pass.
+      if self.axis_name:
+        var = jax.lax.pmean(var, self.axis_name)
+      if not self.is_initializing():
+        m = self.momentum
+        running_mean.value = (1 - m) * running_mean.value + m * mean
+        running_var.value = ((1 - m) * running_var.value
+                             + m * var * count / max(count - 1, 1))
+    else:
+      mean, var = running_mean.value, running_var.value
+    y = (x.astype(jnp.float32) - mean) * (
+        jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype or x.dtype)
+
+
+# torchvision's convolution initialisation: kaiming_normal_(fan_out, relu).
+_TORCH_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out",
+                                                   "normal")  # Untruncated.
+
+
+class ResidualBlock(nn.Module):
+  """torchvision's BasicBlock (`bottleneck=False`: two 3x3 convolutions) or
+  Bottleneck (1x1, 3x3 with the stride ("v1.5"), 1x1 to 4x); the shortcut
+  is a strided 1x1 convolution + BatchNorm where the shape changes."""
+  planes: int  # torchvision's `planes`: the stage's base width.
+  bottleneck: bool
+  strides: int = 1
+  mid_width: int = 0  # Bottleneck: the 3x3 convolution's width.
+  train: bool = False
+  bn_axis_name: Optional[str] = None
+  bn_momentum: float = 0.1
+  dtype: Optional[jnp.dtype] = None
+  conv_lowering: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype,
+                             lowering=self.conv_lowering,
+                             kernel_init=_TORCH_CONV_INIT)
+    norm = lambda name: functools.partial(  # noqa: E731
+        BatchNorm(momentum=self.bn_momentum, axis_name=self.bn_axis_name,
+                  dtype=self.dtype, name=name),
+        train=self.train)
+    same = ((1, 1), (1, 1))
+    if self.bottleneck:
+      out = 4 * self.planes
+      y = nn.relu(norm("bn1")(conv(self.mid_width, (1, 1), padding="VALID",
+                                   name="conv1")(x)))
+      y = nn.relu(norm("bn2")(conv(self.mid_width, (3, 3), self.strides,
+                                   padding=same, name="conv2")(y)))
+      y = norm("bn3")(conv(out, (1, 1), padding="VALID", name="conv3")(y))
+    else:
+      out = self.planes
+      y = nn.relu(norm("bn1")(conv(out, (3, 3), self.strides, padding=same,
+                                   name="conv1")(x)))
+      y = norm("bn2")(conv(out, (3, 3), padding=same, name="conv2")(y))
+    if self.strides != 1 or x.shape[-1] != out:
+      x = norm("downsample_bn")(conv(out, (1, 1), self.strides,
+                                     padding="VALID",
+                                     name="downsample_conv")(x))
+    return nn.relu(y + x)
+
+
+class ResNetV1(nn.Module):
+  """torchvision's ResNet (v1.5) in NHWC; parameter names mirror its state
+  dict (conv1, bn1, layer1_0/conv1, ..., head = fc). BatchNorm uses batch
+  statistics (synchronised over `bn_axis_name`) when called with
+  train=True and updates the running averages in the `batch_stats`
+  collection; evaluation uses the running averages."""
+  depths: Sequence[int]
+  bottleneck: bool = True
+  base_width: int = 64  # Stem and first stage's planes (SimCLR's x2: 128).
+  bottleneck_multiplier: int = 1  # Wide ResNets' 3x3 width: 2.
+  num_classes: Optional[int] = None
+  dtype: Optional[jnp.dtype] = None
+  head_init: str = "zeros"  # HEAD_INITS.
+  conv_lowering: str = "auto"  # CONV_LOWERINGS.
+  remat: str = "none"  # REMATS.
+  bn_axis_name: Optional[str] = None
+  # 1.0 makes the running averages the last batch's statistics (what
+  # train.reestimate_batch_stats averages).
+  bn_momentum: float = 0.1
+
+  @nn.compact
+  def __call__(self, images, *, pre_logits: bool = False,
+               train: bool = False):
+    x = Conv(self.base_width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
+             use_bias=False, dtype=self.dtype, lowering=self.conv_lowering,
+             kernel_init=_TORCH_CONV_INIT, name="conv1")(images)
+    x = nn.relu(BatchNorm(momentum=self.bn_momentum,
+                          axis_name=self.bn_axis_name, dtype=self.dtype,
+                          name="bn1")(x, train))
+    # PyTorch's max-pool pads with -inf, as Flax's does.
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    block = nn.remat(ResidualBlock) if self.remat == "unit" else ResidualBlock
+    for stage, depth in enumerate(self.depths):
+      planes = self.base_width * 2**stage
+      for unit in range(depth):
+        x = block(planes=planes, bottleneck=self.bottleneck,
+                  strides=2 if (stage > 0 and unit == 0) else 1,
+                  mid_width=planes * self.bottleneck_multiplier, train=train,
+                  bn_axis_name=self.bn_axis_name,
+                  bn_momentum=self.bn_momentum, dtype=self.dtype,
+                  conv_lowering=self.conv_lowering,
+                  name=f"layer{stage + 1}_{unit}")(x)
+    features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    if pre_logits or not self.num_classes:
+      return features
+    kernel_init, bias_init = _head_initializers(self.head_init,
+                                                features.shape[-1])
+    return nn.Dense(self.num_classes, kernel_init=kernel_init,
+                    bias_init=bias_init, dtype=jnp.float32,
+                    name="head")(features)
+
+
+# torchvision-family names -> ResNetV1 settings (torchvision's resnet18 ...
+# wide_resnet101_2, and SimCLR's width multiples resnet50x2 / x4).
+RESNET_V1 = {
+    "resnet18": dict(depths=(2, 2, 2, 2), bottleneck=False),
+    "resnet34": dict(depths=(3, 4, 6, 3), bottleneck=False),
+    "resnet50": dict(depths=(3, 4, 6, 3)),
+    "resnet101": dict(depths=(3, 4, 23, 3)),
+    "resnet152": dict(depths=(3, 8, 36, 3)),
+    "wide_resnet50_2": dict(depths=(3, 4, 6, 3), bottleneck_multiplier=2),
+    "wide_resnet101_2": dict(depths=(3, 4, 23, 3), bottleneck_multiplier=2),
+    "resnet50x2": dict(depths=(3, 4, 6, 3), base_width=128),
+    "resnet50x4": dict(depths=(3, 4, 6, 3), base_width=256),
+}
+MODEL_NAMES_HELP = (f"R<depth>x<width> (BiT) with depth in {sorted(DEPTHS)} "
+                    f"and width in {list(WIDTHS)}, e.g. 'R50x1', or one of "
+                    f"{list(RESNET_V1)}")
+
+
+def uses_batch_norm(name: str) -> bool:
+  """Whether model `name` has BatchNorm (state that training updates)."""
+  return name in RESNET_V1
+
+
 def parse_name(name: str):
   """'R50x1' -> (depth 50, width 1); raises ConfigError for unknown names."""
-  match = _NAME_RE.match(name)
+  match = _NAME_RE.match(name or "")
   if (not match or int(match.group(1)) not in DEPTHS
       or int(match.group(2)) not in WIDTHS):
     raise errors.ConfigError(
-        f"Unknown model name {name!r}: expected R<depth>x<width> with depth in "
-        f"{sorted(DEPTHS)} and width in {list(WIDTHS)}, e.g. 'R50x1'.")
+        f"Unknown model name {name!r}: expected {MODEL_NAMES_HELP}.")
   return int(match.group(1)), int(match.group(2))
+
+
+def check_name(name: str) -> None:
+  """Raises ConfigError unless `name` is a model get_model builds."""
+  if name not in RESNET_V1:
+    parse_name(name)
 
 
 def get_model(name: str, num_classes: Optional[int],
               precision: str = "float32", head_init: str = "zeros",
-              conv_lowering: str = "auto", remat: str = "none") -> ResNetV2:
-  """Returns the BiT ResNet-v2 `name` ('R26x1' ... 'R152x4') with a head
-  initialised as `head_init` (HEAD_INITS), computing in `precision` (a key
-  of PRECISIONS, config.model.precision), its convolutions lowered as
-  `conv_lowering` (CONV_LOWERINGS), rematerialising as `remat` (REMATS)."""
-  depth, width = parse_name(name)
+              conv_lowering: str = "auto", remat: str = "none",
+              bn_axis_name: Optional[str] = None) -> nn.Module:
+  """Returns model `name`: a BiT ResNet-v2 ('R26x1' ... 'R152x4') or a
+  torchvision ResNet (RESNET_V1), with a head initialised as `head_init`
+  (HEAD_INITS), computing in `precision` (a key of PRECISIONS,
+  config.model.precision), its convolutions lowered as `conv_lowering`
+  (CONV_LOWERINGS), rematerialising as `remat` (REMATS). BatchNorm models
+  synchronise their batch statistics over the device axis `bn_axis_name`
+  (the trainer's; None outside a per-device function)."""
+  check_name(name)
   if precision not in PRECISIONS:
     raise errors.ConfigError(
         f"config.model.precision={precision!r} is not one of "
@@ -261,15 +446,22 @@ def get_model(name: str, num_classes: Optional[int],
   if remat not in REMATS:
     raise errors.ConfigError(
         f"config.model.remat={remat!r}: expected one of {REMATS}.")
+  if name in RESNET_V1:
+    return ResNetV1(**RESNET_V1[name], num_classes=num_classes,
+                    dtype=PRECISIONS[precision], head_init=head_init,
+                    conv_lowering=conv_lowering, remat=remat,
+                    bn_axis_name=bn_axis_name)
+  depth, width = parse_name(name)
   return ResNetV2(depths=DEPTHS[depth], width=width, num_classes=num_classes,
                   dtype=PRECISIONS[precision], head_init=head_init,
                   conv_lowering=conv_lowering, remat=remat)
 
 
-def from_config(model_config, num_classes: Optional[int]) -> ResNetV2:
+def from_config(model_config, num_classes: Optional[int],
+                bn_axis_name: Optional[str] = None) -> nn.Module:
   """get_model for config.model (name, precision, head_init, conv_lowering,
   remat)."""
   return get_model(model_config.name, num_classes, model_config.precision,
                    model_config.head_init, model_config.conv_lowering,
                    # Absent from runs written before the key existed.
-                   model_config.get("remat", "none"))
+                   model_config.get("remat", "none"), bn_axis_name)

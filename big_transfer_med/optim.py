@@ -10,6 +10,7 @@ from input_pipeline import errors
 
 HEAD = "head"
 WARMUP_STARTS = ("zero", "lr_over_k")  # config.schedule.warmup_start.
+OPTIMIZERS = ("sgd", "adam")  # config.optim.name.
 WEIGHT_DECAY_ON = ("kernels", "all")  # config.optim.weight_decay_on.
 AGC_EXCLUDE = ("head", "seed")  # config.optim.agc_exclude.
 
@@ -116,15 +117,19 @@ def create_optimizer(schedule: optax.Schedule, momentum: float = 0.9,
                      nesterov: bool = True, weight_decay: float = 0.0,
                      agc_clipping: Optional[float] = 0.01,
                      agc_eps: float = 1e-3, weight_decay_on: str = "kernels",
-                     agc_exclude: str = "head"
+                     agc_exclude: str = "head", name: str = "sgd"
                      ) -> optax.GradientTransformation:
-  """SGD(momentum) with AGC and L2 weight decay.
+  """SGD(momentum) or Adam (`name`, OPTIMIZERS), with AGC and L2 weight decay.
 
   Order: AGC on the raw gradient (NFNets), then decay added to the gradient
-  (as in the PyTorch SGD used by the seed code), then momentum. AGC skips
+  (as in the PyTorch SGD / Adam used by the seed codes), then momentum or
+  Adam's moments (PyTorch's defaults: betas 0.9, 0.999, eps 1e-8). AGC skips
   the head (`agc_exclude='head'`) or what the seed skipped ('seed');
   decay applies to kernels ('kernels') or to every parameter ('all').
   """
+  if name not in OPTIMIZERS:
+    raise errors.ConfigError(f"config.optim.name={name!r}: expected one of "
+                             f"{OPTIMIZERS}.")
   if weight_decay_on not in WEIGHT_DECAY_ON or agc_exclude not in AGC_EXCLUDE:
     raise errors.ConfigError(
         f"config.optim.weight_decay_on={weight_decay_on!r} / "
@@ -138,8 +143,11 @@ def create_optimizer(schedule: optax.Schedule, momentum: float = 0.9,
   if weight_decay:
     parts.append(optax.add_decayed_weights(
         weight_decay, mask=kernel_mask if weight_decay_on == "kernels" else None))
-  parts.append(optax.sgd(schedule, momentum=momentum or None,
-                         nesterov=nesterov and bool(momentum)))
+  if name == "adam":
+    parts.append(optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8))
+  else:
+    parts.append(optax.sgd(schedule, momentum=momentum or None,
+                           nesterov=nesterov and bool(momentum)))
   # A step with a non-finite gradient leaves parameters and optimiser state
   # unchanged (and is counted in the state); whether the run then stops or
   # goes on is the trainer's policy (config.on_nonfinite), so the guard
@@ -182,5 +190,5 @@ def from_config(config: ml_collections.ConfigDict, steps_per_epoch: float):
       s.decay_factor,
       peak_lr / s.warmup_k if s.warmup_start == "lr_over_k" else 0.0,
       o.momentum, o.nesterov, o.weight_decay, o.agc_clipping, o.agc_eps,
-      o.weight_decay_on, o.agc_exclude)
+      o.weight_decay_on, o.agc_exclude, o.get("name", "sgd"))
   return optimizer, schedule, int(total_steps)

@@ -1,6 +1,7 @@
 """What users would otherwise run, measured by the benchmark on the same machine.
 
-  * PyTorch + timm `resnetv2_<depth>x<width>_bit`: the same train step
+  * PyTorch + timm `resnetv2_<depth>x<width>_bit` (for BiT models) or
+    torchvision's model of the same name (resnet50, ...): the same train step
     (softmax cross-entropy, SGD with momentum 0.9) at the same batch and
     resolution; float32 on the CPU, AMP bfloat16 + channels_last on a GPU.
   * The seed paper's input recipe: OpenCV read, centre crop to the shorter
@@ -50,18 +51,30 @@ def timm_train_step(model_name: str, resolution: int, batch_size: int,
                     steps: int, warmup_steps: int, precision: str = "float32",
                     channels: int = 3, num_classes: int = 1000
                     ) -> Dict[str, Any]:
-  """Median step time of a PyTorch + timm train step on random data."""
+  """Median step time of a PyTorch train step on random data: timm's BiT
+  model, or torchvision's for its ResNet family (models.RESNET_V1)."""
   torch = _import("torch")
-  timm = _import("timm")
-  name = timm_name(model_name)
-  if name not in timm.list_models(name):
-    raise errors.ConfigError(f"timm has no {name} to compare {model_name} "
-                             "with.")
   gpu = torch.cuda.is_available()
   device = torch.device("cuda" if gpu else "cpu")
   torch.manual_seed(0)
-  model = timm.create_model(name, pretrained=False, num_classes=num_classes,
-                            in_chans=channels).to(device).train()
+  if model_name in models.RESNET_V1:
+    library = _import("torchvision")
+    name = f"torchvision {model_name}"
+    if not hasattr(library.models, model_name):  # SimCLR's resnet50x2 / x4.
+      raise errors.ConfigError(f"torchvision has no {model_name} to compare "
+                               "with.")
+    model = getattr(library.models, model_name)(num_classes=num_classes)
+    if channels != 3:
+      model.conv1 = torch.nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
+  else:
+    library = _import("timm")
+    name = timm_name(model_name)
+    if name not in library.list_models(name):
+      raise errors.ConfigError(f"timm has no {name} to compare {model_name} "
+                               "with.")
+    model = library.create_model(name, pretrained=False,
+                                 num_classes=num_classes, in_chans=channels)
+  model = model.to(device).train()
   memory_format = torch.channels_last if gpu else torch.contiguous_format
   model = model.to(memory_format=memory_format)
   optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
@@ -88,8 +101,8 @@ def timm_train_step(model_name: str, resolution: int, batch_size: int,
     step()
     times.append(time.perf_counter() - start)
   seconds = float(np.median(times))
-  return {"peer": f"pytorch {torch.__version__} + timm {timm.__version__} "
-                  f"{name}",
+  return {"peer": f"pytorch {torch.__version__} + {library.__name__} "
+                  f"{library.__version__} {name}",
           "peer_precision": ("amp_bfloat16" if amp else "float32") + (
               " channels_last" if gpu else ""),
           "peer_device": (torch.cuda.get_device_name() if gpu else

@@ -17,8 +17,9 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,9 +175,8 @@ _TORCH_LAYER_TO_OURS = {name: ours for ours, names in _TORCH_LAYERS.items()
 _TORCH_LAYER_TO_OURS["downsample.conv"] = "conv_proj"  # Also in seed copies.
 
 
-def _from_torch_name(name: str) -> Optional[str]:
-  """Our flat name of a PyTorch name of either style (None if unknown)."""
-  name = name[len("module."):] if name.startswith("module.") else name
+def _from_bit_torch_name(name: str) -> Optional[str]:
+  """Our flat name of a PyTorch BiT name of either style (None if unknown)."""
   prefix, _, param = name.rpartition(".")
   if prefix in _TORCH_TOP_TO_OURS:
     ours = _TORCH_TOP_TO_OURS[prefix]
@@ -197,25 +197,98 @@ def _from_torch_name(name: str) -> Optional[str]:
   return f"block{block}_unit{unit:02d}/{ours}/{kind}"
 
 
+# torchvision's ResNet (models.ResNetV1): conv1, bn1, layerI.J.{convK, bnK,
+# downsample.0 (conv), downsample.1 (BatchNorm)}, fc. BatchNorm's running
+# averages go to the batch_stats collection (mean, var).
+_TORCHVISION_RE = re.compile(
+    r"^(?:(conv1|bn1|fc)|layer(\d+)\.(\d+)\.(conv\d|bn\d|downsample\.[01]))"
+    r"\.(weight|bias|running_mean|running_var)$")
+_TORCHVISION_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean",
+                   "running_var": "var"}
+_TORCHVISION_DOWNSAMPLE = {"downsample.0": "downsample_conv",
+                           "downsample.1": "downsample_bn"}
+
+
+def _from_torchvision_name(name: str) -> Optional[str]:
+  """Our flat name of a torchvision ResNet name (None if unknown)."""
+  match = _TORCHVISION_RE.match(name)
+  if not match:
+    return None
+  top, stage, unit, layer, param = match.groups()
+  if top == "fc":
+    return {"weight": "head/kernel", "bias": "head/bias"}.get(param)
+  module = top or (f"layer{stage}_{unit}/"
+                   f"{_TORCHVISION_DOWNSAMPLE.get(layer, layer)}")
+  if module.endswith(("conv1", "conv2", "conv3", "_conv")):
+    return f"{module}/kernel" if param == "weight" else None
+  return f"{module}/{_TORCHVISION_BN[param]}"
+
+
+def _from_torch_name(name: str) -> Optional[str]:
+  """Our flat name of a PyTorch name (BiT styles or torchvision's ResNet;
+  DataParallel's 'module.' dropped), None if it is none of them."""
+  name = name[len("module."):] if name.startswith("module.") else name
+  return _from_bit_torch_name(name) or _from_torchvision_name(name)
+
+
 def _from_torch_array(name: str, value: np.ndarray) -> np.ndarray:
   value = np.asarray(value, np.float32)
-  if name == "head/kernel":
-    return value.reshape(value.shape[:2]).T  # [N, C, 1, 1] -> [C, N].
+  if name == "head/kernel":  # A 1x1 conv [N, C, 1, 1] or a Linear [N, C].
+    return value.reshape(value.shape[:2]).T
   if value.ndim == 4:
     return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO.
   return value
 
 
-def read_pretrained(spec: str
-                    ) -> Tuple[Dict[str, np.ndarray], Dict[str, str], str]:
-  """Reads any supported checkpoint into ({our flat name: array}, {our name:
-  name in the file}, what was read); tensors without a model name keep their
-  file name.
+# The first parameter of each known backbone layout: where it sits in a
+# file gives the prefix the file's wrapper put before the backbone's names.
+_FIRST_BACKBONE_NAMES = ("layer1.0.conv1.weight",
+                         "body.block1.unit01.conv1.weight",
+                         "stages.0.blocks.0.conv1.weight")
+# A second backbone in one file is a training-time copy (MoCo's momentum
+# encoder_k, BYOL's target network): never the one to load.
+_COPY_BACKBONES = ("encoder_k.", "target_network.", "momentum", "teacher.")
+
+
+def backbone_prefix(names: Sequence[str], path: str) -> str:
+  """The prefix before the backbone's names in a PyTorch file: '' for a
+  plain state dict, e.g. 'module.encoder_q.' for MoCo, 'module.' for SwAV
+  or DataParallel, 'backbone.' / 'online_network.' / 'encoder.' for others.
+  Fails naming the candidates if a file holds two backbones neither of
+  which is a known training-time copy."""
+  candidates = sorted({n[:-len(first)] for n in names
+                       for first in _FIRST_BACKBONE_NAMES
+                       if n.endswith(first) and (
+                           n == first or n[-len(first) - 1] == ".")})
+  chosen = [c for c in candidates
+            if not any(copy in c for copy in _COPY_BACKBONES)]
+  if len(chosen) > 1:
+    raise errors.CheckpointMismatchError(
+        f"{path} holds several backbones (prefixes {chosen}): save the one "
+        "to start from alone, e.g. {k[len(PREFIX):]: v for k, v in "
+        "state_dict.items() if k.startswith(PREFIX)}.")
+  return chosen[0] if chosen else ""
+
+
+class Checkpoint(NamedTuple):
+  """What read_pretrained read."""
+  arrays: Dict[str, np.ndarray]  # Our flat name -> array.
+  file_names: Dict[str, str]  # Our flat name -> its name in the file.
+  source: str  # What was read (a workdir's chosen step, or the file).
+  # Tensors in the file that no known layout names, or outside the
+  # backbone: projection and prediction heads, momentum encoders, counters.
+  unknown: Tuple[str, ...] = ()
+
+
+def read_pretrained(spec: str) -> Checkpoint:
+  """Reads any supported checkpoint.
 
   Formats: a workdir of ours (orbax; RUN = its best checkpoint if it kept
-  one, else its latest; RUN:best, RUN:latest), a BiT .npz, a PyTorch BiT
-  state dict (.pth/.pt/.tar/.bin; under key 'model' if it is a training
-  checkpoint).
+  one, else its latest; RUN:best, RUN:latest), a BiT .npz, a PyTorch state
+  dict (.pth/.pt/.tar/.bin) of a BiT model (bit_pytorch or timm names) or
+  a torchvision ResNet, plain or as released by self-supervised methods
+  (under 'state_dict' / 'model' / 'network', the backbone under a prefix:
+  backbone_prefix).
   """
   path, choice = run_dir.split_choice(spec)
   if not os.path.exists(path) or (choice and not os.path.isdir(path)):
@@ -239,53 +312,70 @@ _UNREADABLE = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile,
                pickle.UnpicklingError)
 
 
+def _flatten(variables) -> Tuple[Dict[str, Any], Dict[str, str]]:
+  """Model variables {collection: tree} -> ({flat name: value}, {flat name:
+  collection}). Collections' leaf names differ (params: kernel, scale,
+  bias; batch_stats: mean, var), so one flat namespace holds them all."""
+  flat, collection_of = {}, {}
+  for collection, tree in variables.items():
+    for path, value in traverse_util.flatten_dict(tree).items():
+      flat["/".join(path)] = value
+      collection_of["/".join(path)] = collection
+  return flat, collection_of
+
+
 def _read_pretrained(path: str, choice: str):
   if os.path.isdir(path):
     variables, source = run_dir.read_checkpoint(path, choice)
-    arrays = {"/".join(k): v for k, v in
-              traverse_util.flatten_dict(variables["params"]).items()}
-    return arrays, {k: k for k in arrays}, source
+    arrays = _flatten(variables)[0]
+    return Checkpoint(arrays, {k: k for k in arrays}, source)
   if path.endswith(".npz"):
-    raw, convert = read_bit_npz(path), _from_bit_name
+    raw, convert, prefix = read_bit_npz(path), _from_bit_name, ""
     to_array = lambda ours, v: _from_bit_array(  # noqa: E731
         tuple(ours.split("/")), v)
   elif path.endswith((".pth", ".pt", ".tar", ".bin")):
     raw, convert = torch_format.load_state_dict(path), _from_torch_name
-    to_array = _from_torch_array
+    to_array, prefix = _from_torch_array, backbone_prefix(list(raw), path)
   else:
     raise errors.CheckpointMismatchError(
         f"config.init.checkpoint={path!r}: unknown format; expected a workdir, "
-        "a .npz (BiT) or a .pth/.pth.tar (PyTorch BiT).")
-  arrays, file_names = {}, {}
+        "a .npz (BiT) or a .pth/.pth.tar (PyTorch: BiT, torchvision ResNet, "
+        "self-supervised ResNet-50).")
+  arrays, file_names, unknown = {}, {}, []
   for name, value in raw.items():
-    ours = convert(name)
-    arrays[ours or name] = to_array(ours, value) if ours else value
-    file_names[ours or name] = name
-  return arrays, file_names, path
+    ours = convert(name[len(prefix):] if name.startswith(prefix) else name)
+    if ours:
+      arrays[ours], file_names[ours] = to_array(ours, value), name
+    else:
+      unknown.append(name)
+  return Checkpoint(arrays, file_names, path, tuple(unknown))
 
 
-def load_pretrained(path: str, params: Dict[str, Any],
+def load_pretrained(path: str, variables: Dict[str, Any],
                     dont_load: Sequence[str] = ()
                     ) -> Tuple[Dict[str, Any], Dict[str, List[str]]]:
-  """Returns `params` with every tensor taken from the checkpoint at `path`,
-  and a report {loaded, skipped (in the file, unused), initialised: names;
-  checkpoint: what was read}.
+  """Returns the model `variables` ({'params': ..., 'batch_stats': ...})
+  with every tensor taken from the checkpoint at `path`, and a report
+  {loaded, skipped (in the file, unused), initialised: names; checkpoint:
+  what was read}.
 
-  The head keeps its fresh (zero) initialisation when its shape differs (a
-  new class count); names matching a `dont_load` regex stay fresh too. Any
-  other missing, unexpected or wrongly-shaped tensor is an error naming them.
+  The head keeps its fresh initialisation when its shape differs (a new
+  class count) or the file has none; names matching a `dont_load` regex
+  stay fresh too. Any other missing, unexpected or wrongly-shaped tensor is
+  an error naming them. A PyTorch file may wrap its backbone (see
+  backbone_prefix); what lies outside it is skipped.
   """
-  arrays, file_names, source = read_pretrained(path)
-  params, report = _fit(path, arrays, file_names, params, dont_load)
-  return params, dict(report, checkpoint=source)
+  checkpoint = read_pretrained(path)
+  variables, report = _fit(path, checkpoint, variables, dont_load)
+  return variables, dict(report, checkpoint=checkpoint.source)
 
 
-def _fit(path: str, arrays: Dict[str, np.ndarray], file_names: Dict[str, str],
-         params: Dict[str, Any], dont_load: Sequence[str] = ()
+def _fit(path: str, checkpoint: Checkpoint, variables: Dict[str, Any],
+         dont_load: Sequence[str] = ()
          ) -> Tuple[Dict[str, Any], Dict[str, List[str]]]:
-  """load_pretrained on the arrays read from `path`."""
-  flat = {"/".join(k): v for k, v in
-          traverse_util.flatten_dict(jax.device_get(params)).items()}
+  """load_pretrained on the checkpoint read from `path`."""
+  arrays, file_names = checkpoint.arrays, checkpoint.file_names
+  flat, collection_of = _flatten(jax.device_get(variables))
   patterns = [re.compile(p) for p in dont_load]
   report = {"loaded": [], "skipped": [], "initialised": []}
   missing, wrong_shape, out = [], [], {}
@@ -304,35 +394,51 @@ def _fit(path: str, arrays: Dict[str, np.ndarray], file_names: Dict[str, str],
     else:
       out[name] = np.asarray(arrays[name], fresh.dtype)
       report["loaded"].append(name)
-  report["skipped"] = sorted(file_names[k] for k in set(arrays) - set(flat))
-  # An unused head is a replaced head; unused body tensors mean another model.
-  unexpected = [file_names[k] for k in set(arrays) - set(flat)
-                if k.startswith(("block", "root_block/", "norm_pre_head/"))]
+  unused = [k for k in arrays if k not in flat]
+  report["skipped"] = sorted([file_names[k] for k in unused]
+                             + list(checkpoint.unknown))
+  # An unused head is a replaced head; other unused model tensors mean
+  # another model. Tensors no layout names are skipped (reported).
+  unexpected = [file_names[k] for k in unused if not k.startswith("head/")]
   problems = []
   if wrong_shape:
     problems.append("wrong shape: " + "; ".join(wrong_shape[:10]))
   if missing:
     problems.append("missing: " + ", ".join(missing[:10]))
+    if checkpoint.unknown:
+      problems.append("in the file, named by no known layout: " +
+                      ", ".join(checkpoint.unknown[:10]))
   if unexpected:
     problems.append("not in the model: " + ", ".join(sorted(unexpected)[:10]))
   if problems:
     raise errors.CheckpointMismatchError(
         f"{path} does not fit the model ({len(wrong_shape)} wrong shapes, "
         f"{len(missing)} missing, {len(unexpected)} unexpected tensors). " +
-        " | ".join(problems) + ". Check config.model.name (depth and width) "
-        "and config.data.channels; config.init.dont_load lists tensors to "
-        "leave freshly initialised.")
-  return traverse_util.unflatten_dict(
-      {tuple(k.split("/")): v for k, v in out.items()}), report
+        " | ".join(problems) + ". Check config.model.name (family, depth and "
+        "width) and config.data.channels; config.init.dont_load lists "
+        "tensors to leave freshly initialised.")
+  fitted = {}
+  for name, value in out.items():
+    fitted.setdefault(collection_of[name], {})[tuple(name.split("/"))] = value
+  return {c: traverse_util.unflatten_dict(tree)
+          for c, tree in fitted.items()}, report
+
+
+def variables_template(model_name: str, num_classes: Optional[int] = None,
+                       channels: int = 3) -> Dict[str, Any]:
+  """Zero variables of `model_name` (with a `num_classes` head, or none):
+  params, and batch_stats for BatchNorm models."""
+  model = models.get_model(model_name, num_classes)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, 32, 32, channels)))
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                      flax.core.unfreeze(shapes))
 
 
 def params_template(model_name: str, num_classes: Optional[int] = None,
                     channels: int = 3) -> Dict[str, Any]:
   """Zero params of `model_name` (with a `num_classes` head, or none)."""
-  model = models.get_model(model_name, num_classes)
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, 32, 32, channels)))["params"]
-  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  return variables_template(model_name, num_classes, channels)["params"]
 
 
 def load_bit_npz(path: str, model_name: str) -> Dict[str, Any]:
@@ -342,17 +448,17 @@ def load_bit_npz(path: str, model_name: str) -> Dict[str, Any]:
   if not path.endswith(".npz"):
     raise errors.CheckpointMismatchError(
         f"{path} is not a .npz file; load_pretrained reads every format.")
-  arrays, file_names, _ = read_pretrained(path)  # Read once: files are large.
-  head, root = arrays.get("head/kernel"), arrays.get("root_block/kernel")
-  template = params_template(
+  checkpoint = read_pretrained(path)  # Read once: files are large.
+  head = checkpoint.arrays.get("head/kernel")
+  root = checkpoint.arrays.get("root_block/kernel")
+  template = variables_template(
       model_name, None if head is None else head.shape[-1],
       3 if root is None else root.shape[2])
-  params, _ = _fit(path, arrays, file_names, template)
-  return params
+  return _fit(path, checkpoint, template)[0]["params"]
 
 
-def load_body_params(path: str, model_name: str,
-                     channels: int = 3) -> Dict[str, Any]:
-  """Params of `model_name` without a head from any supported checkpoint."""
-  params, _ = load_pretrained(path, params_template(model_name, None, channels))
-  return params
+def load_body_variables(path: str, model_name: str,
+                        channels: int = 3) -> Dict[str, Any]:
+  """Variables of `model_name` without a head from any supported checkpoint."""
+  return load_pretrained(path, variables_template(model_name, None,
+                                                  channels))[0]

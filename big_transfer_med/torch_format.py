@@ -115,17 +115,30 @@ def load(path: str) -> Any:
       return _WeightsUnpickler(f, archive, prefix, path).load()
 
 
-def load_state_dict(path: str, key: str = "model") -> Dict[str, np.ndarray]:
-  """The {name: array} state dict in `path` (under `key` if it is a dict of
-  dicts, as in a training checkpoint {'model': ..., 'optimizer': ...})."""
+# Where training scripts put the model's state dict in a checkpoint dict:
+# self-supervised releases (MoCo, PCL, ...: 'state_dict'), ours and the
+# seed paper's ('model'), others ('network').
+STATE_DICT_KEYS = ("state_dict", "model", "network")
+
+
+def _is_state_dict(tree) -> bool:
+  return isinstance(tree, dict) and bool(tree) and all(
+      isinstance(v, np.ndarray) for v in tree.values())
+
+
+def load_state_dict(path: str) -> Dict[str, np.ndarray]:
+  """The {name: array} state dict in `path`: the file's dict itself, or the
+  one under the first of STATE_DICT_KEYS that holds one (a training
+  checkpoint {'state_dict': ..., 'optimizer': ..., 'epoch': ...})."""
   tree = load(path)
-  if isinstance(tree, dict) and isinstance(tree.get(key), dict):
-    tree = tree[key]
-  if not isinstance(tree, dict) or not all(
-      isinstance(v, np.ndarray) for v in tree.values()):
+  if not _is_state_dict(tree) and isinstance(tree, dict):
+    tree = next((tree[k] for k in STATE_DICT_KEYS
+                 if _is_state_dict(tree.get(k))), tree)
+  if not _is_state_dict(tree):
     raise errors.CheckpointMismatchError(
-        f"{path}: expected a state dict of tensors (or one under {key!r}); "
-        f"found {type(tree).__name__} with keys {list(tree)[:5] if isinstance(tree, dict) else '-'}.")
+        f"{path}: expected a state dict of tensors (or one under one of "
+        f"{STATE_DICT_KEYS}); found {type(tree).__name__} with keys "
+        f"{list(tree)[:5] if isinstance(tree, dict) else '-'}.")
   return dict(tree)
 
 

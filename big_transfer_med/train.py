@@ -164,6 +164,28 @@ def train_step(state: TrainState, batch, *, model, loss_fn, optimizer,
   return new_state, step_metrics
 
 
+def reestimate_batch_stats(state: TrainState, batches, steps: int, *, model
+                           ) -> TrainState:
+  """`state` (replicated) with its BatchNorm running averages replaced by
+  the mean of `steps` global training batches' statistics (synchronised as
+  in training; the variance unbiased as PyTorch's), parameters untouched:
+  re-estimation for a target whose statistics differ from the source's
+  (config.init.reestimate_batch_stats)."""
+  measure = parallel.per_device_with(_batch_stats_of,
+                                     model=model.clone(bn_momentum=1.0))
+  total = None
+  for _ in range(steps):
+    stats = measure(state, next(batches))
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+  return state.replace(model_state=jax.tree.map(lambda t: t / steps, total))
+
+
+def _batch_stats_of(state: TrainState, batch, *, model):
+  """The model state a train-mode pass over `batch` leaves (per device)."""
+  return model.apply(variables_of(state), batch["image"], train=True,
+                     mutable=list(state.model_state))[1]
+
+
 def _classification_eval(config) -> Tuple[str, Any]:
   """(name, settings) of the first 'classification' evaluator, or (None,
   None): its results are the run's `metrics`."""
@@ -223,15 +245,18 @@ def _initial_state(config, model, optimizer, image_shape, workdir: str):
     return state, store, None
   # Before anything is written: a checkpoint that does not fit fails here.
   run_dir.check_init_normalization(config)
-  params, report = pretrained_weights.load_pretrained(
-      config.init.checkpoint, state.params, tuple(config.init.dont_load))
+  variables, report = pretrained_weights.load_pretrained(
+      config.init.checkpoint, variables_of(state),
+      tuple(config.init.dont_load))
   logging.info("Initialised from %s (%s): %d tensors loaded, %d initialised (%s), "
                "%d in the file skipped (%s).", config.init.checkpoint,
                report["checkpoint"],
                len(report["loaded"]), len(report["initialised"]),
                ", ".join(report["initialised"]) or "-", len(report["skipped"]),
                ", ".join(report["skipped"][:10]) or "-")
-  state = state.replace(params=params, opt_state=optimizer.init(params))
+  params = variables.pop("params")
+  state = state.replace(params=params, model_state=variables,
+                        opt_state=optimizer.init(params))
   return state, store, report
 
 
@@ -307,6 +332,7 @@ def _summary(config, data, results, state, init_report) -> Dict[str, Any]:
     summary["init"] = {k: len(init_report[k])
                        for k in ("loaded", "skipped", "initialised")}
     summary["init"].update(initialised_names=init_report["initialised"],
+                           skipped_names=init_report["skipped"],
                            checkpoint=init_report["checkpoint"])
   return summary
 
@@ -334,7 +360,8 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
   config = resolve_config(config, data)  # Final before any batch is built.
   steps_per_epoch = len(data.train) / config.batch_size
   optimizer, schedule, total_steps = optim.from_config(config, steps_per_epoch)
-  model = models.from_config(config.model, data.num_classes)
+  model = models.from_config(config.model, data.num_classes,
+                             bn_axis_name=parallel.AXIS)
   image_shape = (config.data.resolution, config.data.resolution,
                  config.data.channels)
   evals = evaluators.from_config(config, model, data)
@@ -373,6 +400,13 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
       logdir=workdir, num_profile_steps=config.profile_steps)
              if config.profile_steps and jax.process_index() == 0 else None)
   state = parallel.replicate(state)
+  if start_step == 0 and config.init.reestimate_batch_stats:
+    # From batches of their own: the training stream stays as it would be.
+    state = reestimate_batch_stats(
+        state, parallel.prefetch(data.train_batches(config, 0)),
+        config.init.reestimate_batch_stats, model=model)
+    logging.info("Re-estimated the BatchNorm running averages on %d "
+                 "training batches.", config.init.reestimate_batch_stats)
   batches = parallel.prefetch(data.train_batches(config, start_step))
   try:
     with preemption.Notice() as notice:

@@ -5,8 +5,11 @@ r"""Upstream BiT-R50x1 pre-training on chest X-rays (the seed paper's recipe).
       --config=configs/r50x1_chest.py:sources=chexpert+mimic,label_set=union ...
 
 Arguments (comma-separated key=value): sources (joined by '+'; default all
-four), label_set (default: see the recipe), model (default R50x1), res
-(default 224), views ('frontal' or 'all'; default: see the recipe), recipe:
+four), label_set (default: see the recipe), model (default R50x1; also
+torchvision's resnet50 family, with ImageNet normalisation), res (default
+224), views ('frontal' or 'all'; default: see the recipe), init (a
+checkpoint to start from: continual pre-training, e.g. model=resnet50,
+init=pretrained/resnet50_imagenet.pth; its head is not loaded), recipe:
 
   ours (default)  the seed's hyper-parameters (SGD momentum 0.9, Nesterov,
       AGC, lr 0.01 per 256, weight decay 1e-4 on kernels, 90 epochs, x0.1 at
@@ -30,6 +33,7 @@ from big_transfer_med import config_lib
 
 ALL_SOURCES = ("chexpert", "mimic", "nih14", "padchest")
 ARGUMENTS = {"sources": str, "label_set": str, "model": str, "res": int,
+             "init": str,
              "views": config_lib.one_of("frontal", "all"),
              "recipe": config_lib.one_of("ours", "seed")}
 ALL_VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
@@ -68,7 +72,9 @@ def get_config(arg: str = ""):
   sources = tuple(args["sources"].split("+")) if "sources" in args else (
       ALL_SOURCES)
   c = config_lib.base_config()
-  c.model.name = args.get("model", "R50x1")
+  config_lib.set_model(c, args.get("model", "R50x1"))
+  c.init.checkpoint = args.get("init", "")
+  c.init.dont_load = ("head/.*",)  # The upstream task has its own labels.
   c.loss = "sigmoid_xent"
   c.data.sources = sources
   c.data.label_set = args.get(

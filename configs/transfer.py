@@ -7,14 +7,16 @@ target=padchest_cl,init=UPSTREAM_WORKDIR,model=R152x4,shots=5,seed=2
 
 Arguments (comma-separated key=value):
   target  one of TARGETS below (required);
-  init    a workdir of ours, a BiT .npz or a PyTorch .pth.tar ('' = scratch);
-  model   R50x1 (default) ... R152x4; must match init;
+  init    a workdir of ours, a BiT .npz or a PyTorch .pth.tar (BiT, or a
+          torchvision / self-supervised ResNet-50 as released; '' = scratch);
+  model   R50x1 (default) ... R152x4, or resnet50 (torchvision's family:
+          ImageNet normalisation); must match init;
   shots   examples per class (0 = the full training set); seed (default 0)
           seeds the run and the few-shot draw;
   steps, batch, eval_batch, lr, res, resize: override the rule (e.g. for
   CPU demos);
   eval_split: e.g. 'test[:20%]'; data_dir: the TFDS data_dir.
-  recipe  'bit' (default) or 'seed' (below);
+  recipe  'bit' (default), 'seed' or 'benchmark' (below);
   norm    the input normalisation the init checkpoint expects
           (config.data.normalization: minus_one_one (default) or imagenet).
 The rule (hyperrule.py): schedule and MixUp from the training-set size,
@@ -27,7 +29,15 @@ seed's PadChest (cxr_padchest_seed: its views, substring findings and
 90/10 split by image) at 224 px with the CXR augmentation, tuberculosis on
 its 85/15 split per set (cxr_tuberculosis/seed), Flowers trained on the
 official test split and tested on train+validation, full-shot COVIDx and
-Flowers with class-balanced sampling. Inputs are
+Flowers with class-balanced sampling. recipe=benchmark is the fine-tuning
+of Hosseinzadeh Taher et al. 2021 (main_classification.py): no HyperRule;
+Adam (lr 2e-4, batch 32, no weight decay, no AGC), a new N(0, 0.01) head,
+224 px RandomResizedCrop + flip + rotation up to 7 degrees, evaluation
+resized to 256 and centre-cropped to 224, CheXpert's uncertain labels as
+positives (U-Ones), 40 epochs keeping the checkpoint with the best
+validation loss, validated every 2000 steps (the paper validates every
+epoch, stops after 10 without improvement and halves the rate after 5;
+here the rate is constant). Inputs are
 normalised as the model's checkpoint expects: --config.data.normalization=
 imagenet for the seed's ImageNet-1k/21k models. Any key can still be
 overridden with --config.key=value.
@@ -69,7 +79,7 @@ ARGUMENTS = {"target": config_lib.one_of(*sorted(TARGETS)), "init": str,
              "model": str, "shots": int, "seed": int, "steps": int,
              "batch": int, "eval_batch": int, "lr": float, "res": int,
              "resize": int, "eval_split": str, "data_dir": str,
-             "recipe": config_lib.one_of("bit", "seed"),
+             "recipe": config_lib.one_of("bit", "seed", "benchmark"),
              "norm": config_lib.one_of("minus_one_one", "imagenet")}
 
 
@@ -89,6 +99,27 @@ def _apply_seed_data(c, target: str) -> None:
     c.data.class_balanced = True
 
 
+def _apply_benchmark_recipe(c, args) -> None:
+  """Hosseinzadeh Taher et al.'s fine-tuning (see the module doc)."""
+  c.hyperrule = False
+  c.model.head_init = "normal"
+  c.batch_size = args.get("batch", 32)
+  c.data.eval_batch_size = args.get("eval_batch", c.batch_size)
+  c.optim.name, c.optim.base_lr = "adam", args.get("lr", 2e-4)
+  c.optim.reference_batch_size = 32
+  c.optim.agc_clipping = None
+  c.schedule.decay_type, c.schedule.warmup_epochs = "constant", 0.0
+  c.total_epochs = 40.0
+  c.data.resolution, c.data.resize = 224, 256
+  c.data.augment, c.data.rotation = "resized_crop", 7.0
+  c.mixup_alpha = 0.0
+  if c.data.sources == ("chexpert",):
+    c.data.uncertain = "ones"
+  # Validation (and the best checkpoint) every 2000 steps: about an epoch
+  # of ChestX-ray14 or a tenth of CheXpert at batch 32.
+  c.checkpoint.best_metric = "val/loss"
+
+
 def get_config(arg: str = ""):
   args = config_lib.parse_arguments(arg, ARGUMENTS, __file__)
   target = args.get("target")
@@ -97,7 +128,7 @@ def get_config(arg: str = ""):
                              f"{sorted(TARGETS)}>.")
   data, loss, metric = TARGETS[target]
   c = config_lib.base_config()
-  c.model.name = args.get("model", "R50x1")
+  config_lib.set_model(c, args.get("model", "R50x1"))
   c.init.checkpoint = args.get("init", "")
   c.init.dont_load = ("head/.*",)  # A new task gets a new, zero head.
   c.seed = args.get("seed", 0)
@@ -124,6 +155,8 @@ def get_config(arg: str = ""):
     c.optim.base_lr = args.get("lr", 0.001)
     c.optim.reference_batch_size = 128
     _apply_seed_data(c, target)
+  elif c.recipe == "benchmark":
+    _apply_benchmark_recipe(c, args)
   if "steps" in args:
     c.total_steps = args["steps"]
   if "norm" in args:
@@ -137,7 +170,7 @@ def get_config(arg: str = ""):
     c.data.resize = args.get("resize", args["res"])
 
   c.log_every_steps = 50
-  c.evals.val.every_steps = 0  # Once, at the end.
+  c.evals.val.every_steps = 2000 if c.recipe == "benchmark" else 0  # 0: at the end.
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 1
   return c

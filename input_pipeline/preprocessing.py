@@ -14,8 +14,12 @@ import tensorflow as tf
 from input_pipeline import errors
 
 # crop_flip: zero-pad, random crop back, flip; cxr: the seed's affine + flip;
-# bit: resize to data.resize, random crop to data.resolution, flip (HyperRule).
-AUGMENTATIONS = ("none", "flip", "crop_flip", "cxr", "bit")
+# bit: resize to data.resize, random crop to data.resolution, flip (HyperRule);
+# resized_crop: torchvision's RandomResizedCrop(resolution) (area 8-100%,
+# aspect 3/4-4/3), flip, rotation by up to data.rotation degrees, and for
+# evaluation Resize(data.resize) + CenterCrop(resolution): the benchmark
+# paper's (Hosseinzadeh Taher et al.) ImageNet-style recipe.
+AUGMENTATIONS = ("none", "flip", "crop_flip", "cxr", "bit", "resized_crop")
 # config.data.normalization -> per-channel (mean, std) of [0, 1] pixels.
 # Google's BiT weights and the seed paper's chest X-ray models expect [-1, 1];
 # the seed's ImageNet-1k/21k PyTorch models expect ImageNet's statistics.
@@ -117,6 +121,24 @@ def random_affine(image: tf.Tensor, rng: tf.Tensor, shift: float,
       interpolation="BILINEAR", fill_mode="CONSTANT")[0]
 
 
+def random_resized_crop(image: tf.Tensor, resolution: int, rng: tf.Tensor,
+                        rotation_degrees: float) -> tf.Tensor:
+  """torchvision's RandomResizedCrop(resolution) (a box of 8-100% of the
+  area, aspect ratio 3/4-4/3, up to 10 tries, else the whole image), then a
+  flip and a rotation by up to `rotation_degrees` about the centre (black
+  corners, as RandomRotation)."""
+  box_rng, flip_rng, affine_rng = tf.unstack(
+      tf.random.experimental.stateless_split(rng, 3))
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), tf.zeros([1, 0, 4]), seed=box_rng,
+      area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  image = tf.slice(image, begin, size)
+  image = tf.image.resize(image, [resolution, resolution], method="bilinear")
+  return random_affine(image, affine_rng, 0.0, 0.0, rotation_degrees,
+                       flip=random_flip(flip_rng))
+
+
 def normalize(image: tf.Tensor, white: float, normalization: str
               ) -> tf.Tensor:
   """Maps pixels in [0, white] to the inputs a checkpoint expects."""
@@ -156,6 +178,13 @@ def preprocess(image: tf.Tensor, config: ml_collections.ConfigDict,
         image, [config.resolution, config.resolution, tf.shape(image)[-1]],
         seed=crop_rng)
     image = random_crop_flip(image, 0, flip=True, rng=flip_rng)
+  elif augment == "resized_crop":
+    image = random_resized_crop(image, config.resolution, rng,
+                                config.rotation)
+  elif config.augment == "resized_crop":  # Its evaluation.
+    image = resize(image, config.resize or config.resolution)
+    image = tf.image.resize_with_crop_or_pad(image, config.resolution,
+                                             config.resolution)
   else:
     image = resize(image, config.resolution)
   if augment == "cxr":

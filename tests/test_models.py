@@ -46,7 +46,7 @@ def test_parameter_counts_match_architecture(name):
   assert _count(name, 10) == _expected_count(models.DEPTHS[depth], width, 10)
 
 
-@pytest.mark.parametrize("bad", ["R18x1", "R50x5", "resnet50", "R50"])
+@pytest.mark.parametrize("bad", ["R18x1", "R50x5", "resnet51", "R50"])
 def test_unknown_model_name_is_a_clear_error(bad):
   with pytest.raises(errors.ConfigError, match="R<depth>x<width>"):
     models.get_model(bad, 10)

@@ -148,6 +148,29 @@ def test_two_hosts_match_one_host_and_resume_after_preemption(
       open(single / "results.json"))["metrics"]["examples"]
 
 
+def test_two_hosts_synchronise_batch_norm_as_one_host(tiny_fmnist_data_dir,
+                                                      tmp_path):
+  """resnet18 (BatchNorm): 2 hosts x 2 devices normalise with the
+  statistics of the whole global batch, as 1 host x 4 devices does: the
+  same losses and running averages."""
+  runs = {}
+  for name, processes, devices in (("single", 1, 4), ("hosts", 2, 2)):
+    (tmp_path / f"{name}_logs").mkdir()
+    args = _args(tmp_path / name, tiny_fmnist_data_dir, 3) + [
+        "--config.model.name=resnet18"]
+    runs[name] = (_start(args, processes, devices, tmp_path / f"{name}_logs"),
+                  tmp_path / f"{name}_logs")
+  for running, logdir in runs.values():
+    _finish(running, logdir)
+  np.testing.assert_allclose(_losses(tmp_path / "hosts"),
+                             _losses(tmp_path / "single"), rtol=1e-5)
+  stats = [ocp.CheckpointManager(os.path.join(tmp_path / name, "checkpoints")
+                                 ).restore(3)["model_state"]["batch_stats"]
+           for name in ("single", "hosts")]
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
+                                                       atol=1e-5), *stats)
+
+
 def test_a_dead_host_stops_the_others_in_bounded_time(tiny_fmnist_data_dir,
                                                       tmp_path):
   """SIGKILL to process 1 mid-training: process 0 stops within

@@ -25,7 +25,10 @@ def _zeros(name="R26x1", num_classes=10, channels=3):
 
 
 def _load(path, name="R26x1", num_classes=10, **kwargs):
-  return pretrained_weights.load_pretrained(path, _zeros(name, num_classes), **kwargs)
+  """(params, report) of load_pretrained on a template of `name`."""
+  variables, report = pretrained_weights.load_pretrained(
+      path, {"params": _zeros(name, num_classes)}, **kwargs)
+  return variables["params"], report
 
 
 def test_round_trip_is_exact_and_uses_bit_names(tmp_path):

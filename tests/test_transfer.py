@@ -171,7 +171,7 @@ def test_continual_pretraining_keeps_a_matching_head(tiny_fmnist_data_dir,
   # No best checkpoint was kept: the latest is what was read, and recorded.
   assert summary["init"]["checkpoint"].endswith("(latest, step 4)")
   # Exported in each format, the run reads back exactly, head included.
-  template = pretrained_weights.params_template("R26x1", 5, channels=1)
+  template = pretrained_weights.variables_template("R26x1", 5, channels=1)
   for fmt, name in (("npz", "first.npz"), ("seed", "model.pth.tar"),
                     ("timm", "timm.pth")):
     exported = str(tmp_path / name)
@@ -179,7 +179,7 @@ def test_continual_pretraining_keeps_a_matching_head(tiny_fmnist_data_dir,
     read, report = pretrained_weights.load_pretrained(exported, template)
     assert report["initialised"] == [] and report["skipped"] == [], fmt
     jax.tree.map(np.testing.assert_array_equal, read,
-                 run_dir.load_variables(first)["params"])
+                 run_dir.load_variables(first))
   with open(os.path.join(second, "metrics.jsonl")) as f:
     first_loss = json.loads(f.readline())["train_loss"]
   assert first_loss < math.log(5)  # Starts from the trained head.
@@ -219,9 +219,9 @@ def test_best_validation_checkpoint_is_kept_and_named(tiny_fmnist_data_dir,
   at_that_step = ocp.CheckpointManager(
       os.path.join(run, "checkpoints")).restore(best_step)["params"]
   jax.tree.map(np.testing.assert_array_equal, best["params"], at_that_step)
-  _, _, latest = pretrained_weights.read_pretrained(run + ":latest")
+  latest = pretrained_weights.read_pretrained(run + ":latest").source
   assert latest.endswith("(latest, step 5)")
-  _, _, chosen = pretrained_weights.read_pretrained(run)
+  chosen = pretrained_weights.read_pretrained(run).source
   assert chosen == source
   with pytest.raises(errors.CheckpointMismatchError, match="kept no best"):
     run_dir.read_checkpoint(str(tmp_path), "best")

@@ -191,6 +191,17 @@ def test_rules_across_keys():
     config_validation.validate(c, resolved=True)  # ... and then they count.
 
 
+def test_batch_norm_reestimation_needs_a_batch_norm_model():
+  c = _valid_config()
+  c.init.reestimate_batch_stats = 4
+  with pytest.raises(errors.ConfigError,
+                     match=r"config\.init\.reestimate_batch_stats=4: expected "
+                     r"0: config\.model\.name='R\w+' has no BatchNorm"):
+    config_validation.validate(c)
+  c.model.name = "resnet18"
+  config_validation.validate(c)
+
+
 @pytest.mark.parametrize("config_file,arg", [
     ("fashion_mnist_upstream.py", ""), ("fashion_mnist_upstream.py", "model=R50x1,res=64"),
     ("r50x1_chest.py", ""), ("r50x1_chest.py", "sources=chexpert+mimic,label_set=union"),
@@ -198,6 +209,8 @@ def test_rules_across_keys():
     ("transfer.py", "target=cifar10,init=x.npz"),
     ("transfer.py", "target=padchest_cl,model=R152x4,shots=5,seed=2"),
     ("transfer.py", "target=fmnist_5to9,res=28,resize=32,steps=20,batch=16,lr=0.5"),
+    ("transfer.py", "target=nih14,model=resnet50,recipe=benchmark,init=x.pth"),
+    ("r50x1_chest.py", "model=resnet50,sources=nih14,init=x.pth"),
 ])
 def test_shipped_configs_are_valid(config_file, arg):
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
@@ -274,7 +287,7 @@ def _bad_checkpoints(directory):
 
 
 def test_damaged_checkpoints_fail_naming_the_file(tmp_path):
-  template = pretrained_weights.params_template("R26x1", 10)
+  template = pretrained_weights.variables_template("R26x1", 10)
   for name in _bad_checkpoints(tmp_path):
     path = str(tmp_path / name)
     with pytest.raises(errors.CheckpointMismatchError) as raised:

@@ -1,0 +1,292 @@
+"""torchvision's ResNet (models.ResNetV1, BatchNorm) against PyTorch: the
+committed MoCo-wrapped file written by real torch.save (no PyTorch needed),
+and, where PyTorch is installed, random torchvision models written in the
+test."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from big_transfer_med import models
+from big_transfer_med import parallel
+from big_transfer_med import pretrained_weights
+from big_transfer_med import torch_format
+from big_transfer_med import train
+from input_pipeline import errors
+from tests import fmnist_fixtures
+
+TORCH_DIR = os.path.join(os.path.dirname(__file__), "testdata", "torch")
+MOCO_FILE = os.path.join(TORCH_DIR, "moco_tiny_resnet.pth.tar")
+
+
+def _rel_error(ours, theirs):
+  return float(np.max(np.abs(np.asarray(ours) - theirs)) /
+               np.max(np.abs(theirs)))
+
+
+def _template(model, image_size=32):
+  return jax.tree.map(
+      lambda s: np.zeros(s.shape, s.dtype),
+      dict(jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, image_size, image_size, 3)))))
+
+
+def _tiny(num_classes=None, **kwargs):
+  settings = dict(depths=(2, 1, 1, 1), base_width=4, num_classes=num_classes,
+                  conv_lowering="native")
+  return models.ResNetV1(**{**settings, **kwargs})
+
+
+def test_released_moco_file_gives_torchvision_features_in_eval_and_train():
+  """The committed MoCo-style release (real torch.save): the backbone under
+  module.encoder_q. loads, heads and the momentum copy are skipped, and the
+  features equal torchvision's in eval mode (running averages) and in train
+  mode (batch statistics), whose running averages update as PyTorch's."""
+  expected = np.load(os.path.join(TORCH_DIR, "moco_tiny_resnet_expected.npz"))
+  model = _tiny()
+  variables, report = pretrained_weights.load_pretrained(
+      MOCO_FILE, _template(model))
+  assert not report["initialised"]
+  assert {"module.encoder_q.fc.0.weight", "module.encoder_q.fc.2.bias",
+          "module.queue", "module.encoder_k.conv1.weight",
+          "module.encoder_q.bn1.num_batches_tracked"} <= set(report["skipped"])
+  assert not any(name.startswith("module.encoder_q.layer")
+                 and not name.endswith("num_batches_tracked")
+                 for name in report["skipped"])
+  assert len(report["loaded"]) == sum(
+      x.size > 0 for x in jax.tree.leaves(variables))
+  images = expected["images"]
+  assert _rel_error(model.apply(variables, images),
+                    expected["eval_features"]) < 1e-4
+  features, updated = model.apply(variables, images, train=True,
+                                  mutable=["batch_stats"])
+  assert _rel_error(features, expected["train_features"]) < 1e-4
+  stats = updated["batch_stats"]
+  for torch_name, ours in (("bn1.running_mean", stats["bn1"]["mean"]),
+                           ("bn1.running_var", stats["bn1"]["var"]),
+                           ("layer1.0.downsample.1.running_var",
+                            stats["layer1_0"]["downsample_bn"]["var"]),
+                           ("layer4.0.bn3.running_mean",
+                            stats["layer4_0"]["bn3"]["mean"]),
+                           ("layer4.0.bn3.running_var",
+                            stats["layer4_0"]["bn3"]["var"])):
+    np.testing.assert_allclose(ours, expected[f"after_train/{torch_name}"],
+                               rtol=1e-4, atol=1e-5, err_msg=torch_name)
+
+
+def _wrapped(tmp_path, state, **wrapper):
+  path = str(tmp_path / "ssl.pth")
+  torch_format.save(dict(wrapper, state_dict=state) if wrapper else state, path)
+  return path
+
+
+def _backbone_state():
+  arrays = pretrained_weights.read_pretrained(MOCO_FILE)
+  return {name[len("module.encoder_q."):]: arrays.arrays[ours]
+          for ours, name in arrays.file_names.items()
+          if name.startswith("module.encoder_q.")}, arrays
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "backbone.",
+                                    "online_network.", "module.encoder."])
+def test_self_supervised_wrappers_load_the_same_backbone(tmp_path, prefix):
+  """The prefixes and wrapper keys self-supervised releases use all give
+  the backbone MoCo's file gives; a torchvision fc there is a head."""
+  state, _ = _backbone_state()
+  state = {name: (value.transpose(3, 2, 0, 1) if value.ndim == 4 else value)
+           for name, value in state.items()}  # HWIO -> OIHW, as in the file.
+  state["projection_head.0.weight"] = np.ones((3, 128), np.float32)
+  model = _tiny()
+  reference, _ = pretrained_weights.load_pretrained(MOCO_FILE, _template(model))
+  path = _wrapped(tmp_path, {prefix + k: v for k, v in state.items()},
+                  **({"epoch": 3} if prefix else {}))
+  variables, report = pretrained_weights.load_pretrained(path, _template(model))
+  jax.tree.map(np.testing.assert_array_equal, variables, reference)
+  assert prefix + "projection_head.0.weight" in report["skipped"]
+
+
+def test_foreign_and_ambiguous_files_fail_naming_keys(tmp_path):
+  model = _tiny()
+  foreign = _wrapped(tmp_path, {"encoder.blocks.0.attn.weight":
+                                np.zeros((4, 4), np.float32)})
+  with pytest.raises(errors.CheckpointMismatchError,
+                     match=r"named by no known layout: "
+                     r"encoder\.blocks\.0\.attn\.weight"):
+    pretrained_weights.load_pretrained(foreign, _template(model))
+  state, _ = _backbone_state()
+  two = {**{"student." + k: v for k, v in state.items()},
+         **{"online." + k: v for k, v in state.items()}}
+  with pytest.raises(errors.CheckpointMismatchError,
+                     match=r"several backbones \(prefixes \['online\.', "
+                     r"'student\.'\]\)"):
+    pretrained_weights.load_pretrained(_wrapped(tmp_path, two),
+                                       _template(model))
+  # A BiT model cannot take a ResNet-50 file: every tensor named.
+  with pytest.raises(errors.CheckpointMismatchError,
+                     match=r"not in the model: .*module\.encoder_q\.bn1"):
+    pretrained_weights.load_pretrained(
+        MOCO_FILE, {"params": pretrained_weights.params_template("R26x1")})
+
+
+def test_batch_statistics_are_those_of_the_global_batch():
+  """Under the device axis, BatchNorm normalises with the statistics of all
+  devices' examples together: 2 devices x 3 images give what 6 images on one
+  device give, outputs and running averages alike."""
+  model = _tiny(bn_axis_name=parallel.AXIS)
+  single = _tiny()
+  variables, _ = pretrained_weights.load_pretrained(MOCO_FILE, _template(model))
+  images = np.random.default_rng(1).normal(size=(6, 32, 32, 3)).astype(
+      np.float32)
+  whole, whole_state = single.apply(variables, images, train=True,
+                                    mutable=["batch_stats"])
+  def per_device_run(model):
+    return jax.device_get(parallel.per_device(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
+        devices=jax.local_devices()[:2])(parallel.replicate(variables),
+                                         images.reshape(2, 3, 32, 32, 3)))
+  split, split_state = per_device_run(model)
+  # float32 summation orders differ (sums of 3 + 3 against 6 images).
+  assert _rel_error(split.reshape(6, -1), whole) < 1e-4
+  for ours, theirs in zip(jax.tree.leaves(split_state),
+                          jax.tree.leaves(whole_state)):
+    assert _rel_error(ours[0], theirs) < 1e-4
+    assert _rel_error(ours[1], theirs) < 1e-4
+  # Each device's own statistics would give other outputs.
+  unsynchronised, _ = per_device_run(single)
+  assert _rel_error(unsynchronised.reshape(6, -1), whole) > 1e-2
+
+
+def test_registry_builds_torchvision_shapes():
+  """resnet50: 25,557,032 parameters as torchvision's (with 1000 classes);
+  wide_resnet50_2: 68,883,240; resnet18: 11,689,512; resnet50x2's first
+  stage is twice as wide."""
+  counts = {}
+  for name in ("resnet18", "resnet50", "wide_resnet50_2", "resnet50x2"):
+    shapes = jax.eval_shape(models.get_model(name, 1000).init,
+                            jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    counts[name] = sum(x.size for x in jax.tree.leaves(shapes["params"]))
+    if name == "resnet50x2":
+      assert shapes["params"]["layer1_0"]["conv3"]["kernel"].shape == (
+          1, 1, 128, 512)
+  assert counts["resnet18"] == 11_689_512
+  assert counts["resnet50"] == 25_557_032
+  assert counts["wide_resnet50_2"] == 68_883_240
+  assert models.uses_batch_norm("resnet50")
+  assert not models.uses_batch_norm("R50x1")
+  with pytest.raises(errors.ConfigError, match="resnet50"):
+    models.get_model("resnet51", 10)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "wide_resnet50_2"])
+def test_torchvision_model_written_by_pytorch_gives_its_logits(tmp_path, name):
+  """A random torchvision model (with random BatchNorm statistics), saved
+  by torch.save: loaded into get_model(name), eval-mode logits and one
+  train-mode forward pass (batch statistics) match PyTorch's (float32)."""
+  torch = pytest.importorskip("torch")
+  torchvision = pytest.importorskip("torchvision")
+  torch.manual_seed(0)
+  theirs = getattr(torchvision.models, name)(num_classes=7)
+  with torch.no_grad():
+    for module in theirs.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0, 0.2)
+        module.running_mean.normal_(0, 0.3)
+        module.running_var.uniform_(0.5, 2.0)
+  path = str(tmp_path / f"{name}.pth")
+  torch.save(theirs.state_dict(), path)
+  model = models.get_model(name, 7, conv_lowering="native")
+  variables, report = pretrained_weights.load_pretrained(path, _template(model))
+  assert not report["initialised"]
+  images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(
+      np.float32)
+  inputs = torch.from_numpy(images.transpose(0, 3, 1, 2))
+  theirs.eval()
+  with torch.no_grad():
+    eval_logits = theirs(inputs).numpy()
+  theirs.train()
+  with torch.no_grad():
+    train_logits = theirs(inputs).numpy()
+  assert _rel_error(model.apply(variables, images), eval_logits) < 1e-4
+  logits, state = model.apply(variables, images, train=True,
+                              mutable=["batch_stats"])
+  assert _rel_error(logits, train_logits) < 1e-4
+  np.testing.assert_allclose(state["batch_stats"]["layer4_1"]["bn2"]["var"],
+                             theirs.layer4[1].bn2.running_var.numpy(),
+                             rtol=1e-4)
+
+
+def _checkpoint(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  return manager.latest_step(), manager.restore(manager.latest_step())
+
+
+def test_batch_norm_model_trains_resumes_and_evaluates(tiny_fmnist_data_dir,
+                                                       tmp_path):
+  """resnet18 through the trainer on 2 devices: the running averages move,
+  are checkpointed, and a run resumed after step 1 ends bit for bit where
+  the uninterrupted run ends (parameters and running averages); evaluation
+  uses the running averages (eval mode)."""
+  def config(steps):
+    return fmnist_fixtures.tiny_config(
+        tiny_fmnist_data_dir, total_steps=steps, **{"model.name": "resnet18",
+                                                    "optim.base_lr": 0.02})
+  whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+  summary = train.train_and_evaluate(config(3), whole)
+  train.train_and_evaluate(config(1), parts)
+  train.train_and_evaluate(config(3), parts, allow_config_change=True)
+  (step_a, a), (step_b, b) = _checkpoint(whole), _checkpoint(parts)
+  assert step_a == step_b == 3
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+  jax.tree.map(np.testing.assert_array_equal, a["model_state"],
+               b["model_state"])
+  stats = a["model_state"]["batch_stats"]
+  # Fresh running averages are 0 / 1; three steps of momentum 0.1 move them.
+  assert np.abs(stats["bn1"]["mean"]).max() > 1e-3
+  assert np.abs(stats["layer4_1"]["bn2"]["var"] - 1).max() > 1e-3
+  variables = {"params": a["params"], **a["model_state"]}
+  model = models.get_model("resnet18", 5)
+  images = np.random.default_rng(0).normal(size=(4, 32, 32, 1)).astype(
+      np.float32)
+  # Eval mode depends on the running averages, not on the batch.
+  np.testing.assert_allclose(model.apply(variables, images)[:2],
+                             model.apply(variables, images[:2]), rtol=1e-5,
+                             atol=1e-6)
+  assert np.isfinite(summary["metrics"]["loss"])
+
+
+def test_reestimated_running_averages_are_the_mean_of_batch_statistics():
+  """train.reestimate_batch_stats over 2 global batches (2 devices x 3
+  images): bn1's running mean and variance become the mean over the batches
+  of the statistics of conv1's outputs (computed here with lax.conv), the
+  unbiased variance as PyTorch's; parameters are untouched."""
+  model = _tiny(bn_axis_name=parallel.AXIS)
+  variables, _ = pretrained_weights.load_pretrained(MOCO_FILE, _template(model))
+  state = train.TrainState(
+      step=jnp.zeros([], jnp.int32), params=variables["params"],
+      model_state={"batch_stats": variables["batch_stats"]}, opt_state=(),
+      rng=jax.random.PRNGKey(0))
+  rng = np.random.default_rng(2)
+  batches = [rng.normal(2.0, 1.5, size=(2, 3, 32, 32, 3)).astype(np.float32)
+             for _ in range(2)]
+  new = jax.device_get(train.reestimate_batch_stats(
+      parallel.replicate(state), iter({"image": b} for b in batches), 2,
+      model=model))
+  kernel = variables["params"]["conv1"]["kernel"]
+  means, variances = [], []
+  for batch in batches:
+    out = np.asarray(jax.lax.conv_general_dilated(
+        batch.reshape(6, 32, 32, 3), kernel, (2, 2), ((3, 3), (3, 3)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    means.append(out.mean(axis=(0, 1, 2)))
+    variances.append(out.var(axis=(0, 1, 2), ddof=1))
+  stats = new.model_state["batch_stats"]["bn1"]
+  np.testing.assert_allclose(stats["mean"][0], np.mean(means, axis=0),
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(stats["var"][0], np.mean(variances, axis=0),
+                             rtol=1e-4)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(x[0], y),
+               new.params, variables["params"])
