@@ -118,3 +118,34 @@ def test_normalizations_follow_the_checkpoint():
   c.normalization = "zero_one"
   with pytest.raises(Exception, match="normalization"):
     preprocessing.preprocess(image, c, False, tf.constant([0, 0], tf.int64))
+
+
+def test_resized_crop_trains_on_boxes_and_evaluates_on_the_centre():
+  """augment='resized_crop' (the benchmark paper's): training crops a box of
+  8-100% of the area at aspect 3/4-4/3 and resizes it (a box, not the whole
+  image: draws differ by seed, the same seed gives the same image); with
+  rotation 0 and no flip it is a plain resized crop of the image. Evaluation
+  resizes to data.resize and takes the centre data.resolution square."""
+  c = _config("resized_crop", resolution=16)
+  c.crop_to_square, c.resize, c.rotation = False, 20, 0.0
+  c.normalization = "minus_one_one"
+  # A horizontal ramp: a crop's columns span a sub-range of the ramp.
+  ramp = np.tile(np.linspace(0, 1, 40, dtype=np.float32)[None, :, None],
+                 (30, 1, 3))
+  outs = [preprocessing.preprocess(tf.constant(ramp), c, True,
+                                   tf.constant([s, 1], tf.int64)).numpy()
+          for s in range(12)]
+  assert all(o.shape == (16, 16, 3) for o in outs)
+  again = preprocessing.preprocess(tf.constant(ramp), c, True,
+                                   tf.constant([0, 1], tf.int64)).numpy()
+  np.testing.assert_array_equal(again, outs[0])
+  spans = [o[8, :, 0].max() - o[8, :, 0].min() for o in outs]
+  assert min(spans) < 1.5 and len({round(float(s), 3) for s in spans}) > 3
+  # Each row of a crop of a horizontal ramp is monotone: flipped or not.
+  assert all(np.all(np.diff(o[8, :, 0]) >= -1e-5) or
+             np.all(np.diff(o[8, :, 0]) <= 1e-5) for o in outs)
+  evaluated = preprocessing.preprocess(tf.constant(ramp), c, False,
+                                       tf.constant([0, 1], tf.int64)).numpy()
+  resized = tf.image.resize(ramp, [20, 20], method="area").numpy()
+  np.testing.assert_allclose(evaluated, resized[2:18, 2:18] * 2 - 1,
+                             atol=1e-5)
