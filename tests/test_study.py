@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from big_transfer_med import config_lib
+from big_transfer_med import config_validation
 from big_transfer_med import study
 from input_pipeline import errors
 
@@ -261,7 +263,7 @@ def test_paper_presets_cover_the_papers_grid_and_numbers():
   the paper's shots per target) and carry its headline numbers."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   specs = {}
-  for name in ("seed_natural", "seed_medical"):
+  for name in ("seed_natural", "seed_medical", "benchmark_classification"):
     loader = importlib.util.spec_from_file_location(
         name, os.path.join(REPO, "configs", "studies", f"{name}.py"))
     module = importlib.util.module_from_spec(loader)
@@ -286,6 +288,23 @@ def test_paper_presets_cover_the_papers_grid_and_numbers():
                                "R152x4", 0)] == 90.9
   assert {j.shots for j in study.expand(medical) if j.target == "covidx"} == {
       1, 5, 10, 100, 500, 0}
+  # The benchmark paper's: ResNet-50, its recipe, its sources and numbers;
+  # every job's config is valid.
+  benchmark = specs["benchmark_classification"]
+  jobs = study.expand(benchmark)
+  assert {j.model for j in jobs} == {"resnet50"}
+  assert {j.target for j in jobs} == {"nih14", "chexpert5"}
+  assert {"scratch", "imagenet", "moco_v2", "swav", "imagenet_nih",
+          "imagenet_chexpert"} <= {j.source for j in jobs}
+  assert len(jobs) == 17 * 2 * 5
+  paper = dict(benchmark.paper)
+  assert paper[study.paper_key("nih14", "scratch", "resnet50", 0)] == 80.31
+  assert paper[study.paper_key("chexpert5", "imagenet_nih", "resnet50",
+                               0)] == 87.40
+  for job in jobs[:: 2 * 5]:
+    config = config_lib.load_config_file(f"{benchmark.config}:{job.config_arg}")
+    assert config.recipe == "benchmark" and config.optim.name == "adam"
+    config_validation.validate(config)
 
 
 def test_a_preempted_in_process_job_stops_the_study(tmp_path, monkeypatch):
