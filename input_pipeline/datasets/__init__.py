@@ -8,5 +8,6 @@ from input_pipeline.datasets import cxr_chexpert  # noqa: F401
 from input_pipeline.datasets import cxr_mimic  # noqa: F401
 from input_pipeline.datasets import cxr_nih14  # noqa: F401
 from input_pipeline.datasets import cxr_padchest  # noqa: F401
+from input_pipeline.datasets import cxr_segmentation  # noqa: F401
 from input_pipeline.datasets import cxr_targets  # noqa: F401
 from input_pipeline.datasets import fashion_mnist_local  # noqa: F401
