@@ -208,19 +208,22 @@ class ResNetV2(nn.Module):
   head_init: str = "zeros"  # HEAD_INITS.
   conv_lowering: str = "auto"  # CONV_LOWERINGS.
   remat: str = "none"  # REMATS.
+  # Non-empty: a U-Net (segmentation) with decoder blocks of these widths.
+  decoder_widths: Sequence[int] = ()
+  bn_axis_name: Optional[str] = None  # The decoder's BatchNorm.
 
   @nn.compact
   def __call__(self, images, *, pre_logits: bool = False,
                train: bool = False):
     # `train` is part of every model's interface (the trainer passes True in
-    # its step, evaluators False); BiT computes the same either way: no
-    # BatchNorm, no dropout.
-    del train
+    # its step, evaluators False); BiT's encoder computes the same either
+    # way (no BatchNorm, no dropout); a U-Net decoder's BatchNorm uses it.
     w = 64 * self.width
     x = jnp.pad(images, ((0, 0), (3, 3), (3, 3), (0, 0)))
     x = StdConv(w, (7, 7), strides=2, padding="VALID", use_bias=False,
                 dtype=self.dtype, lowering=self.conv_lowering,
                 name="root_block")(x)
+    skips = [x]  # Strides 2, 4, 8, 16: the U-Net decoder's inputs.
     x = zero_pad_max_pool(x)
     # nn.remat keeps the parameter names: checkpoints load either way.
     unit_module = (nn.remat(BottleneckUnit) if self.remat == "unit"
@@ -232,7 +235,10 @@ class ResNetV2(nn.Module):
             strides=2 if (stage > 0 and unit == 0) else 1,
             dtype=self.dtype, conv_lowering=self.conv_lowering,
             name=f"block{stage + 1}_unit{unit + 1:02d}")(x)
+      skips.append(x)
     x = nn.relu(GroupNorm(dtype=self.dtype, name="norm_pre_head")(x))
+    if self.decoder_widths:
+      return _segmentation_logits(self, skips[:-1], x, train)
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if pre_logits or not self.num_classes:
       return features
@@ -354,6 +360,8 @@ class ResNetV1(nn.Module):
   # 1.0 makes the running averages the last batch's statistics (what
   # train.reestimate_batch_stats averages).
   bn_momentum: float = 0.1
+  # Non-empty: a U-Net (segmentation) with decoder blocks of these widths.
+  decoder_widths: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, images, *, pre_logits: bool = False,
@@ -364,6 +372,7 @@ class ResNetV1(nn.Module):
     x = nn.relu(BatchNorm(momentum=self.bn_momentum,
                           axis_name=self.bn_axis_name, dtype=self.dtype,
                           name="bn1")(x, train))
+    skips = [x]  # Strides 2, 4, 8, 16: the U-Net decoder's inputs.
     # PyTorch's max-pool pads with -inf, as Flax's does.
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     block = nn.remat(ResidualBlock) if self.remat == "unit" else ResidualBlock
@@ -377,6 +386,9 @@ class ResNetV1(nn.Module):
                   bn_momentum=self.bn_momentum, dtype=self.dtype,
                   conv_lowering=self.conv_lowering,
                   name=f"layer{stage + 1}_{unit}")(x)
+      skips.append(x)
+    if self.decoder_widths:
+      return _segmentation_logits(self, skips[:-1], x, train)
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if pre_logits or not self.num_classes:
       return features
@@ -385,6 +397,59 @@ class ResNetV1(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=kernel_init,
                     bias_init=bias_init, dtype=jnp.float32,
                     name="head")(features)
+
+
+TASKS = ("classification", "segmentation")  # config.task.
+# smp's Unet decoder widths, from the deepest block to the full resolution.
+UNET_DECODER_WIDTHS = (256, 128, 64, 32, 16)
+
+
+class UNetDecoder(nn.Module):
+  """U-Net decoder (as segmentation_models_pytorch's Unet): each block
+  upsamples by 2 (nearest), concatenates the encoder's features of that
+  stride (none at full resolution) and applies two 3x3 convolution +
+  BatchNorm + ReLU."""
+  widths: Sequence[int]
+  bn_axis_name: Optional[str] = None
+  bn_momentum: float = 0.1
+  dtype: Optional[jnp.dtype] = None
+  conv_lowering: str = "auto"
+
+  @nn.compact
+  def __call__(self, deepest, skips, train: bool):
+    x = deepest
+    for i, width in enumerate(self.widths):
+      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+      if i < len(skips):
+        skip = skips[-1 - i]
+        if skip.shape[1:3] != x.shape[1:3]:
+          raise errors.ConfigError(
+              f"config.data.resolution: a U-Net needs images whose sides are "
+              f"multiples of {2 ** len(self.widths)} (the encoder's features "
+              f"of {skip.shape[1:3]} meet upsampled ones of {x.shape[1:3]}).")
+        x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
+      for j in (1, 2):
+        x = Conv(width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                 dtype=self.dtype, lowering=self.conv_lowering,
+                 kernel_init=_TORCH_CONV_INIT, name=f"block{i + 1}_conv{j}")(x)
+        x = nn.relu(BatchNorm(momentum=self.bn_momentum,
+                              axis_name=self.bn_axis_name, dtype=self.dtype,
+                              name=f"block{i + 1}_bn{j}")(x, train))
+    return x
+
+
+def _segmentation_logits(model, skips, deepest, train: bool):
+  """Per-pixel float32 logits [N, H, W, num_classes] of an encoder's stage
+  features: the UNetDecoder ('decoder/...') and a 3x3 convolution ('head',
+  PyTorch's default initialisation as smp's)."""
+  x = UNetDecoder(model.decoder_widths, bn_axis_name=model.bn_axis_name,
+                  bn_momentum=getattr(model, "bn_momentum", 0.1),
+                  dtype=model.dtype, conv_lowering=model.conv_lowering,
+                  name="decoder")(deepest, skips, train)
+  kernel_init, bias_init = _head_initializers("pytorch", 9 * x.shape[-1])
+  return nn.Conv(model.num_classes, (3, 3), padding=((1, 1), (1, 1)),
+                 kernel_init=kernel_init, bias_init=bias_init,
+                 dtype=jnp.float32, name="head")(x.astype(jnp.float32))
 
 
 # torchvision-family names -> ResNetV1 settings (torchvision's resnet18 ...
@@ -429,15 +494,22 @@ def check_name(name: str) -> None:
 def get_model(name: str, num_classes: Optional[int],
               precision: str = "float32", head_init: str = "zeros",
               conv_lowering: str = "auto", remat: str = "none",
-              bn_axis_name: Optional[str] = None) -> nn.Module:
+              bn_axis_name: Optional[str] = None,
+              task: str = "classification") -> nn.Module:
   """Returns model `name`: a BiT ResNet-v2 ('R26x1' ... 'R152x4') or a
   torchvision ResNet (RESNET_V1), with a head initialised as `head_init`
   (HEAD_INITS), computing in `precision` (a key of PRECISIONS,
   config.model.precision), its convolutions lowered as `conv_lowering`
   (CONV_LOWERINGS), rematerialising as `remat` (REMATS). BatchNorm models
   synchronise their batch statistics over the device axis `bn_axis_name`
-  (the trainer's; None outside a per-device function)."""
+  (the trainer's; None outside a per-device function). With
+  task='segmentation' (TASKS) the model is a U-Net on that encoder
+  (UNetDecoder), returning per-pixel logits; its encoder's parameters keep
+  the classifier's names, so classifier checkpoints load into it."""
   check_name(name)
+  if task not in TASKS:
+    raise errors.ConfigError(f"config.task={task!r}: expected one of {TASKS}.")
+  decoder = UNET_DECODER_WIDTHS if task == "segmentation" else ()
   if precision not in PRECISIONS:
     raise errors.ConfigError(
         f"config.model.precision={precision!r} is not one of "
@@ -450,11 +522,12 @@ def get_model(name: str, num_classes: Optional[int],
     return ResNetV1(**RESNET_V1[name], num_classes=num_classes,
                     dtype=PRECISIONS[precision], head_init=head_init,
                     conv_lowering=conv_lowering, remat=remat,
-                    bn_axis_name=bn_axis_name)
+                    bn_axis_name=bn_axis_name, decoder_widths=decoder)
   depth, width = parse_name(name)
   return ResNetV2(depths=DEPTHS[depth], width=width, num_classes=num_classes,
                   dtype=PRECISIONS[precision], head_init=head_init,
-                  conv_lowering=conv_lowering, remat=remat)
+                  conv_lowering=conv_lowering, remat=remat,
+                  decoder_widths=decoder, bn_axis_name=bn_axis_name)
 
 
 def from_config(model_config, num_classes: Optional[int],

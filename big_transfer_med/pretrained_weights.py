@@ -360,7 +360,8 @@ def load_pretrained(path: str, variables: Dict[str, Any],
   what was read}.
 
   The head keeps its fresh initialisation when its shape differs (a new
-  class count) or the file has none; names matching a `dont_load` regex
+  class count) or the file has none, a U-Net's decoder when the file (a
+  classifier's) has none; names matching a `dont_load` regex
   stay fresh too. Any other missing, unexpected or wrongly-shaped tensor is
   an error naming them. A PyTorch file may wrap its backbone (see
   backbone_prefix); what lies outside it is skipped.
@@ -386,6 +387,8 @@ def _fit(path: str, checkpoint: Checkpoint, variables: Dict[str, Any],
     elif name.startswith("head/") and (
         name not in arrays or arrays[name].shape != fresh.shape):
       report["initialised"].append(name)  # No head, or another class count.
+    elif name.startswith("decoder/") and name not in arrays:
+      report["initialised"].append(name)  # A U-Net on a classifier's encoder.
     elif name not in arrays:
       missing.append(name)
     elif arrays[name].shape != fresh.shape:

@@ -290,3 +290,55 @@ def test_reestimated_running_averages_are_the_mean_of_batch_statistics():
                              rtol=1e-4)
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(x[0], y),
                new.params, variables["params"])
+
+
+@pytest.mark.parametrize("name", ["R26x1", "resnet18"])
+def test_unet_on_either_encoder_loads_a_classifier_checkpoint(tmp_path, name):
+  """task='segmentation': per-pixel logits at the input's size; the encoder
+  keeps the classifier's parameter names, so a classifier's checkpoint
+  (here a run-like BiT .npz / our params as a torch file) fills it and
+  leaves the decoder and the head fresh; sides that are no multiple of 32
+  fail naming the config key."""
+  unet = models.get_model(name, 3, task="segmentation",
+                          conv_lowering="native")
+  template = _template(unet, 32)
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(
+      np.float32)
+  logits, state = jax.jit(lambda v, x: unet.apply(
+      v, x, train=True, mutable=["batch_stats"]))(
+          jax.jit(unet.init)(jax.random.key(1), images), images)
+  assert logits.shape == (2, 32, 32, 3) and logits.dtype == jnp.float32
+  assert "decoder" in state["batch_stats"]
+  classifier = models.get_model(name, 10, conv_lowering="native")
+  trained = jax.jit(classifier.init)(jax.random.key(2), images)
+  path = str(tmp_path / "classifier.npz")
+  if name == "R26x1":
+    pretrained_weights.save_bit_npz(trained["params"], path)
+  else:  # Our params under torchvision's names, written as torch.save.
+    path = str(tmp_path / "classifier.pth")
+    flat = pretrained_weights._flatten(trained)[0]  # pylint: disable=protected-access
+    state_dict = {}
+    for ours, value in flat.items():
+      module, leaf = ours.rsplit("/", 1)
+      torch_module = module.replace("/downsample_conv", ".downsample.0").replace(
+          "/downsample_bn", ".downsample.1").replace("/", ".").replace(
+              "_", ".", 1 if module.startswith("layer") else 0)
+      value = np.asarray(value)
+      if module == "head":
+        torch_module, value = "fc", (value.T if leaf == "kernel" else value)
+      elif value.ndim == 4:
+        value = value.transpose(3, 2, 0, 1)
+      torch_leaf = {"kernel": "weight", "scale": "weight", "bias": "bias",
+                    "mean": "running_mean", "var": "running_var"}[leaf]
+      state_dict[f"{torch_module}.{torch_leaf}"] = value
+    torch_format.save(state_dict, path)
+  variables, report = pretrained_weights.load_pretrained(path, template)
+  assert report["initialised"] and all(
+      n.startswith(("decoder/", "head/")) for n in report["initialised"])
+  assert any(n.startswith("decoder/") for n in report["initialised"])
+  first = "root_block" if name == "R26x1" else "conv1"
+  np.testing.assert_array_equal(variables["params"][first]["kernel"],
+                                trained["params"][first]["kernel"])
+  with pytest.raises(errors.ConfigError, match="multiples of 32"):
+    jax.eval_shape(unet.init, jax.random.key(0),
+                   np.zeros((1, 48, 48, 3), np.float32))
