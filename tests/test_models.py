@@ -310,6 +310,12 @@ def test_pytorch_head_init_is_torch_default_conv_init():
   jax.tree.map(np.testing.assert_array_equal,
                zero["params"]["block1_unit01"],
                torch_like["params"]["block1_unit01"])
+  # 'normal': the benchmark paper's N(0, 0.01) weights and zero bias.
+  normal = models.get_model("R26x1", 400, head_init="normal").init(
+      jax.random.key(0), images)["params"]["head"]
+  np.testing.assert_allclose(np.asarray(normal["kernel"]).std(), 0.01,
+                             rtol=0.05)
+  assert not np.asarray(normal["bias"]).any()
   with pytest.raises(errors.ConfigError, match="head_init"):
-    models.get_model("R26x1", 4, head_init="normal").init(
+    models.get_model("R26x1", 4, head_init="uniform").init(
         jax.random.key(0), images)
