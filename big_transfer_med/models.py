@@ -194,6 +194,23 @@ def _head_initializers(head_init: str, fan_in: int):
               key, shape, dtype, -bound, bound))
 
 
+def _outputs(model, skips, x, train: bool, pre_logits: bool):
+  """What either ResNet returns from its last stage's features `x` (and the
+  earlier stages' `skips`, strides 2-16): a U-Net's per-pixel logits if it
+  has a decoder, else the pooled float32 features (`pre_logits` or no
+  head), else the dense head's float32 logits."""
+  if model.decoder_widths:
+    return _segmentation_logits(model, skips, x, train)
+  features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+  if pre_logits or not model.num_classes:
+    return features
+  kernel_init, bias_init = _head_initializers(model.head_init,
+                                              features.shape[-1])
+  return nn.Dense(model.num_classes, kernel_init=kernel_init,
+                  bias_init=bias_init, dtype=jnp.float32,
+                  name="head")(features)
+
+
 class ResNetV2(nn.Module):
   """BiT ResNet-v2. Returns logits, or pre-logit features if `pre_logits`.
 
@@ -237,16 +254,7 @@ class ResNetV2(nn.Module):
             name=f"block{stage + 1}_unit{unit + 1:02d}")(x)
       skips.append(x)
     x = nn.relu(GroupNorm(dtype=self.dtype, name="norm_pre_head")(x))
-    if self.decoder_widths:
-      return _segmentation_logits(self, skips[:-1], x, train)
-    features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    if pre_logits or not self.num_classes:
-      return features
-    kernel_init, bias_init = _head_initializers(self.head_init,
-                                                features.shape[-1])
-    return nn.Dense(self.num_classes, kernel_init=kernel_init,
-                    bias_init=bias_init, dtype=jnp.float32,
-                    name="head")(features)
+    return _outputs(self, skips[:-1], x, train, pre_logits)
 
 
 class BatchNorm(nn.Module):
@@ -387,16 +395,7 @@ class ResNetV1(nn.Module):
                   conv_lowering=self.conv_lowering,
                   name=f"layer{stage + 1}_{unit}")(x)
       skips.append(x)
-    if self.decoder_widths:
-      return _segmentation_logits(self, skips[:-1], x, train)
-    features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    if pre_logits or not self.num_classes:
-      return features
-    kernel_init, bias_init = _head_initializers(self.head_init,
-                                                features.shape[-1])
-    return nn.Dense(self.num_classes, kernel_init=kernel_init,
-                    bias_init=bias_init, dtype=jnp.float32,
-                    name="head")(features)
+    return _outputs(self, skips[:-1], x, train, pre_logits)
 
 
 TASKS = ("classification", "segmentation")  # config.task.

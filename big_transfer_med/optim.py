@@ -190,5 +190,5 @@ def from_config(config: ml_collections.ConfigDict, steps_per_epoch: float):
       s.decay_factor,
       peak_lr / s.warmup_k if s.warmup_start == "lr_over_k" else 0.0,
       o.momentum, o.nesterov, o.weight_decay, o.agc_clipping, o.agc_eps,
-      o.weight_decay_on, o.agc_exclude, o.get("name", "sgd"))
+      o.weight_decay_on, o.agc_exclude, o.name)
   return optimizer, schedule, int(total_steps)

@@ -117,6 +117,7 @@ def _apply_benchmark_recipe(c, args) -> None:
     c.data.uncertain = "ones"
   # Validation (and the best checkpoint) every 2000 steps: about an epoch
   # of ChestX-ray14 or a tenth of CheXpert at batch 32.
+  c.evals.val.every_steps = 2000
   c.checkpoint.best_metric = "val/loss"
 
 
@@ -147,6 +148,10 @@ def get_config(arg: str = ""):
   c.optim.reference_batch_size = 512
   c.optim.weight_decay = 0.0
   c.schedule.decay_type = "step"
+  c.log_every_steps = 50
+  c.evals.val.every_steps = 0  # Once, at the end (recipes may change it).
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep = 1
   c.recipe = args.get("recipe", "bit")
   if c.recipe == "seed":
     c.model.head_init = "pytorch"
@@ -169,8 +174,4 @@ def get_config(arg: str = ""):
     c.data.resolution = args["res"]
     c.data.resize = args.get("resize", args["res"])
 
-  c.log_every_steps = 50
-  c.evals.val.every_steps = 2000 if c.recipe == "benchmark" else 0  # 0: at the end.
-  c.checkpoint.every_steps = 1000
-  c.checkpoint.keep = 1
   return c

@@ -26,7 +26,7 @@ def tiny_torchvision_resnet(block=resnet.Bottleneck, depths=DEPTHS,
                             base_width=BASE_WIDTH, width_per_group=64,
                             num_classes=5, seed=0):
   """torchvision's ResNet at `base_width` channels (not 64), with random
-  BatchNorm affine parameters and running averages (as a trained model has)."""
+  BatchNorm statistics (randomize_batch_norm)."""
   torch.manual_seed(seed)
   model = resnet.ResNet(block, [1, 1, 1, 1], num_classes=num_classes,
                         width_per_group=width_per_group)
@@ -37,6 +37,13 @@ def tiny_torchvision_resnet(block=resnet.Bottleneck, depths=DEPTHS,
     setattr(model, f"layer{i + 1}", model._make_layer(  # pylint: disable=protected-access
         block, base_width * 2**i, depth, stride=1 if i == 0 else 2))
   model.fc = torch.nn.Linear(base_width * 8 * block.expansion, num_classes)
+  randomize_batch_norm(model)
+  return model
+
+
+def randomize_batch_norm(model) -> None:
+  """Random BatchNorm affine parameters and running averages (as a trained
+  model has, unlike a fresh one's 1 / 0 / 0 / 1), in place."""
   with torch.no_grad():
     for module in model.modules():
       if isinstance(module, torch.nn.BatchNorm2d):
@@ -44,7 +51,6 @@ def tiny_torchvision_resnet(block=resnet.Bottleneck, depths=DEPTHS,
         module.bias.normal_(0, 0.2)
         module.running_mean.normal_(0, 0.3)
         module.running_var.uniform_(0.5, 2.0)
-  return model
 
 
 def main():

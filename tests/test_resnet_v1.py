@@ -187,15 +187,10 @@ def test_torchvision_model_written_by_pytorch_gives_its_logits(tmp_path, name):
   train-mode forward pass (batch statistics) match PyTorch's (float32)."""
   torch = pytest.importorskip("torch")
   torchvision = pytest.importorskip("torchvision")
+  from tests import make_torchvision_testdata  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   theirs = getattr(torchvision.models, name)(num_classes=7)
-  with torch.no_grad():
-    for module in theirs.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0, 0.2)
-        module.running_mean.normal_(0, 0.3)
-        module.running_var.uniform_(0.5, 2.0)
+  make_torchvision_testdata.randomize_batch_norm(theirs)
   path = str(tmp_path / f"{name}.pth")
   torch.save(theirs.state_dict(), path)
   model = models.get_model(name, 7, conv_lowering="native")

@@ -136,16 +136,23 @@ def load_image(path: str, max_short_side: Optional[int], dtype=np.uint8):
     return path
   if dtype == np.uint16 and array.dtype != np.uint16:
     raise ImageError(f"{path}: expected a 16-bit image, got {array.dtype}")
-  array = array.astype(dtype)
+  return downscale(array.astype(dtype), max_short_side)
+
+
+def downscale(array: np.ndarray, max_short_side: int, method: str = "area"
+              ) -> np.ndarray:
+  """Integer [H, W] -> [h, w, 1] of its dtype with the shorter side at most
+  `max_short_side` (aspect kept; `method` as tf.image.resize: 'area' for
+  images, 'nearest' for masks)."""
   height, width = array.shape
   scale = max_short_side / min(height, width)
-  if scale < 1:
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    resized = tf.image.resize(array[..., None].astype(np.float32), size,
-                              method="area").numpy()
-    info = np.iinfo(dtype)
-    return np.clip(np.round(resized), info.min, info.max).astype(dtype)
-  return array[..., None]
+  if scale >= 1:
+    return array[..., None]
+  size = (max(1, round(height * scale)), max(1, round(width * scale)))
+  resized = tf.image.resize(array[..., None].astype(np.float32), size,
+                            method=method).numpy()
+  info = np.iinfo(array.dtype)
+  return np.clip(np.round(resized), info.min, info.max).astype(array.dtype)
 
 
 def strict_image_error(dataset: str, split: str,

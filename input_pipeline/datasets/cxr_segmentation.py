@@ -11,7 +11,6 @@ import csv
 import os
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
@@ -23,20 +22,6 @@ from input_pipeline.datasets import base
 from input_pipeline.datasets import cxr_common
 
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
-
-
-def _downscale(array: np.ndarray, max_short_side: int, method: str
-               ) -> np.ndarray:
-  """[H, W] uint8 -> [h, w, 1] with the shorter side at most
-  `max_short_side` (aspect kept)."""
-  height, width = array.shape
-  scale = max_short_side / min(height, width)
-  if scale >= 1:
-    return array[..., None]
-  size = (max(1, round(height * scale)), max(1, round(width * scale)))
-  resized = tf.image.resize(array[..., None].astype(np.float32), size,
-                            method=method).numpy()
-  return np.clip(np.round(resized), 0, 255).astype(np.uint8)
 
 
 class _CxrSegmentationBuilder(base.ArrayRecordBuilderMixin,
@@ -89,8 +74,8 @@ class _CxrSegmentationBuilder(base.ArrayRecordBuilderMixin,
             f"{image.shape[1]}x{image.shape[0]}: fix or restore the mask.")
       image = np.round(image * 255).astype(np.uint8)
       yield row["source_path"], dict(
-          row, image=_downscale(image, size, "area"),
-          mask=_downscale(mask, size, "nearest"))
+          row, image=cxr_common.downscale(image, size),
+          mask=cxr_common.downscale(mask, size, "nearest"))
 
 
 # Montgomery County: MCUCXR_0001_0.png (_1 = tuberculosis), masks of the
