@@ -9,9 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 
+from big_transfer_med import config_lib
+from big_transfer_med import fewshot
 from big_transfer_med import models
 from big_transfer_med import parallel
+from big_transfer_med import predict
 from big_transfer_med import pretrained_weights
 from big_transfer_med import torch_format
 from big_transfer_med import train
@@ -224,7 +228,8 @@ def test_batch_norm_model_trains_resumes_and_evaluates(tiny_fmnist_data_dir,
   """resnet18 through the trainer on 2 devices: the running averages move,
   are checkpointed, and a run resumed after step 1 ends bit for bit where
   the uninterrupted run ends (parameters and running averages); evaluation
-  uses the running averages (eval mode)."""
+  uses the running averages (eval mode), as predict and the few-shot probe
+  do."""
   def config(steps):
     return fmnist_fixtures.tiny_config(
         tiny_fmnist_data_dir, total_steps=steps, **{"model.name": "resnet18",
@@ -251,6 +256,19 @@ def test_batch_norm_model_trains_resumes_and_evaluates(tiny_fmnist_data_dir,
                              model.apply(variables, images[:2]), rtol=1e-5,
                              atol=1e-6)
   assert np.isfinite(summary["metrics"]["loss"])
+  # predict and the few-shot probe read the running averages too.
+  png = str(tmp_path / "image.png")
+  Image.fromarray(np.random.default_rng(3).integers(
+      0, 256, (40, 36), dtype=np.uint8)).save(png)
+  probabilities = predict.predict(whole, [png])[png]
+  assert len(probabilities) == 5
+  assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+  probe = fewshot.FewShotEvaluator(
+      config_lib.fewshot_eval(dataset="fashion_mnist_local",
+                              classes=(5, 6, 7, 8, 9), shots=(1,), seeds=(0,)),
+      config=config(3), model=models.get_model("resnet18", None))
+  accuracy = probe.run(parallel.replicate(variables))
+  assert 0.0 <= accuracy["fashion_mnist_local_1shot"] <= 1.0
 
 
 def test_reestimated_running_averages_are_the_mean_of_batch_statistics():
