@@ -124,13 +124,20 @@ def matmul_peak(size: int = 2048, repeats: int = 5,
                "flops_per_sec": 2 * size ** 3 / seconds, **_device()})
 
 
+# The loss each task's benchmark steps with.
+TASK_LOSSES = {"classification": "softmax_xent",
+               "segmentation": "dice_sigmoid_xent"}
+
+
 def _parts(model_name: str, num_classes: int, loss: str,
            precision: str = "float32", conv_lowering: str = "auto",
-           remat: str = "none", accum_steps: int = 1):
-  """Model, the trainer's optimiser (constant rate) and its train_step."""
+           remat: str = "none", accum_steps: int = 1,
+           task: str = "classification"):
+  """Model (a U-Net for task='segmentation'), the trainer's optimiser
+  (constant rate) and its train_step."""
   model = models.get_model(model_name, num_classes, precision,
                            conv_lowering=conv_lowering, remat=remat,
-                           bn_axis_name=parallel.AXIS)
+                           bn_axis_name=parallel.AXIS, task=task)
   schedule = optim.create_schedule(0.01, 1_000_000)
   optimizer = optim.create_optimizer(schedule, weight_decay=1e-4)
   step_fn = functools.partial(train.train_step, model=model,
@@ -144,31 +151,41 @@ def _pmapped(step_fn):
   return parallel.per_device(step_fn, donate_argnums=(0,))
 
 
-def _random_batch(per_device_batch: int, image_shape, num_classes: int):
-  """A batch of noise images and one-hot labels, on the local devices."""
+def _label_shape(task: str, image_shape, num_classes: int) -> tuple:
+  """One example's labels: a one-hot vector, or a mask per class."""
+  return ((num_classes,) if task == "classification" else
+          tuple(image_shape[:2]) + (num_classes,))
+
+
+def _random_batch(per_device_batch: int, image_shape, num_classes: int,
+                  task: str = "classification"):
+  """A batch of noise images and one-hot labels (segmentation: random
+  0/1 masks), on the local devices."""
   rng = np.random.default_rng(0)
   shape = (jax.local_device_count(), per_device_batch)
+  labels = (np.eye(num_classes, dtype=np.float32)[
+      rng.integers(0, num_classes, shape)] if task == "classification" else
+            (rng.random(shape + _label_shape(task, image_shape, num_classes))
+             < 0.3).astype(np.float32))
   return parallel.to_devices({
       "image": rng.standard_normal(shape + image_shape, dtype=np.float32),
-      "labels": np.eye(num_classes, dtype=np.float32)[
-          rng.integers(0, num_classes, shape)],
-      "mask": np.ones(shape, np.float32),
-  })
+      "labels": labels, "mask": np.ones(shape, np.float32)})
 
 
 def train_step_speed(model_name: str, resolution: int, per_device_batch: int,
                      steps: int, channels: int = 3, num_classes: int = 1000,
-                     loss: str = "softmax_xent", peak=None,
-                     precision: str = "float32", conv_lowering: str = "auto"
+                     peak=None, precision: str = "float32",
+                     conv_lowering: str = "auto", task: str = "classification"
                      ) -> Dict[str, Any]:
   """Step time, images/s, GFLOPs/image and MFU of the trainer's step."""
-  model, optimizer, step_fn = _parts(model_name, num_classes, loss, precision,
-                                     conv_lowering)
+  model, optimizer, step_fn = _parts(model_name, num_classes,
+                                     TASK_LOSSES[task], precision,
+                                     conv_lowering, task=task)
   image_shape = (resolution, resolution, channels)
   state = parallel.replicate(train.create_train_state(
       config_lib.base_config(), model, optimizer, image_shape))
   step = _pmapped(step_fn)
-  batch = _random_batch(per_device_batch, image_shape, num_classes)
+  batch = _random_batch(per_device_batch, image_shape, num_classes, task)
   compiled = step.lower(state, batch).compile()
   flops = _flops(compiled)  # One device's share of one step.
   for _ in range(WARMUP_STEPS):
@@ -182,7 +199,7 @@ def train_step_speed(model_name: str, resolution: int, per_device_batch: int,
     times.append(time.perf_counter() - start)
   seconds = float(np.median(times))
   devices = jax.local_device_count()
-  record = {"measurement": "train_step", "model": model_name,
+  record = {"measurement": "train_step", "model": model_name, "task": task,
             "resolution": resolution, "per_device_batch": per_device_batch,
             "precision": precision, "steps": steps,
             "conv_lowering": models.resolve_conv_lowering(conv_lowering),
@@ -211,21 +228,23 @@ def train_step_memory(*args, **kwargs) -> Dict[str, Any]:
 
 def step_memory(model_name: str, resolution: int, per_device_batch: int,
                 channels: int = 3, num_classes: int = 1000,
-                loss: str = "softmax_xent", precision: str = "float32",
-                conv_lowering: str = "auto", remat: str = "none",
-                accum_steps: int = 1) -> Dict[str, Any]:
+                precision: str = "float32", conv_lowering: str = "auto",
+                remat: str = "none", accum_steps: int = 1,
+                task: str = "classification") -> Dict[str, Any]:
   """Device memory of one compiled train step (no step is run) on a
   per-device batch of `per_device_batch`, in `accum_steps` micro-batches
   (which must divide it)."""
-  model, optimizer, fn = _parts(model_name, num_classes, loss, precision,
-                                conv_lowering, remat, accum_steps)
+  model, optimizer, fn = _parts(model_name, num_classes, TASK_LOSSES[task],
+                                precision, conv_lowering, remat, accum_steps,
+                                task)
   image_shape = (resolution, resolution, channels)
   state = jax.eval_shape(lambda: train.create_train_state(
       config_lib.base_config(), model, optimizer, image_shape))
   batch = {"image": jax.ShapeDtypeStruct((per_device_batch,) + image_shape,
                                          jnp.float32),
-           "labels": jax.ShapeDtypeStruct((per_device_batch, num_classes),
-                                          jnp.float32),
+           "labels": jax.ShapeDtypeStruct(
+               (per_device_batch,) + _label_shape(task, image_shape,
+                                                  num_classes), jnp.float32),
            "mask": jax.ShapeDtypeStruct((per_device_batch,), jnp.float32)}
   # One device's program; psum over a 1-device axis keeps the trainer's code.
   compiled = jax.jit(jax.vmap(fn, axis_name=parallel.AXIS),
@@ -238,7 +257,7 @@ def step_memory(model_name: str, resolution: int, per_device_batch: int,
   peak = parts["argument"] + parts["output"] + parts["temp"] - parts["alias"]
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   return {"measurement": "train_step_memory", "model": model_name,
-          "resolution": resolution, "per_device_batch": per_device_batch,
+          "task": task, "resolution": resolution, "per_device_batch": per_device_batch,
           "precision": precision,
           "conv_lowering": models.resolve_conv_lowering(conv_lowering),
           "remat": remat, "accum_steps": accum_steps,
@@ -251,7 +270,8 @@ def fit_in_memory(model_name: str, resolution: int,
                   device_memories: Sequence[int], global_batch: int,
                   devices: int, precision: str, remat: str,
                   conv_lowering: str, channels: int = 3,
-                  num_classes: int = 1000) -> List[Dict[str, Any]]:
+                  num_classes: int = 1000, task: str = "classification"
+                  ) -> List[Dict[str, Any]]:
   """What fits on a device of each of `device_memories` bytes, from XLA's
   memory analysis of compiled train steps (none is run): the largest
   per-device micro-batch, and the micro-batches (config.accum_steps) a
@@ -261,7 +281,7 @@ def fit_in_memory(model_name: str, resolution: int,
     return step_memory(model_name, resolution, micro_batch * accum_steps,
                        channels, num_classes, precision=precision,
                        conv_lowering=conv_lowering, remat=remat,
-                       accum_steps=accum_steps)["peak_bytes"]
+                       accum_steps=accum_steps, task=task)["peak_bytes"]
 
   share, records, known = global_batch // devices, [], {}
   for memory in device_memories:
@@ -270,7 +290,8 @@ def fit_in_memory(model_name: str, resolution: int,
     accum = memory_fit.accumulation(share, largest,
                                     lambda k: peak(share // k, k), memory)
     records.append(emit({
-        "measurement": "fit", "model": model_name, "resolution": resolution,
+        "measurement": "fit", "model": model_name, "task": task,
+        "resolution": resolution,
         "precision": precision, "remat": remat,
         "conv_lowering": models.resolve_conv_lowering(conv_lowering),
         "device_memory_gib": memory / 2 ** 30,
@@ -459,7 +480,8 @@ def end_to_end(config, steps: int) -> Dict[str, Any]:
   data, config = _data(config)
   model, optimizer, step_fn = _parts(config.model.name, data.num_classes,
                                      config.loss, config.model.precision,
-                                     config.model.conv_lowering)
+                                     config.model.conv_lowering,
+                                     task=config.task)
   res = config.data.resolution
   state = parallel.replicate(train.create_train_state(
       config, model, optimizer, (res, res, config.data.channels)))
@@ -507,7 +529,7 @@ def evaluation_speed(config, passes: int) -> Dict[str, Any]:
   data, config = _data(config)
   model, optimizer, _ = _parts(config.model.name, data.num_classes,
                                config.loss, config.model.precision,
-                               config.model.conv_lowering)
+                               config.model.conv_lowering, task=config.task)
   res = config.data.resolution
   state = parallel.replicate(train.create_train_state(
       config, model, optimizer, (res, res, config.data.channels)))
@@ -592,7 +614,11 @@ def _define_flags():
   flags.DEFINE_enum("precision", "float32", sorted(models.PRECISIONS),
                     "train/memory/timm: compute precision (model.precision).")
   flags.DEFINE_integer("channels", 3, "train/memory: image channels.")
-  flags.DEFINE_integer("num_classes", 1000, "train/memory: classes.")
+  flags.DEFINE_integer("num_classes", 1000, "train/memory: classes (mask "
+                       "channels for --task=segmentation).")
+  flags.DEFINE_enum("task", "classification", sorted(TASK_LOSSES),
+                    "train/memory/fit: the model's task (segmentation: a "
+                    "U-Net on --model, per-pixel Dice + cross-entropy).")
   flags.DEFINE_list("conv_lowering", ["auto"],
                     "train/memory: model.conv_lowering, one or more of "
                     f"{', '.join(models.CONV_LOWERINGS)} (each measured; "
@@ -657,6 +683,9 @@ def main(argv):
   if bad:
     raise app.UsageError(f"--remat: unknown {sorted(bad)}; expected "
                          f"{', '.join(models.REMATS)}.")
+  if "timm" in what and FLAGS.task != "classification":
+    raise app.UsageError("--what=timm compares classifiers only: run it "
+                         "with --task=classification.")
   if "fit" in what and FLAGS.global_batch % FLAGS.devices:
     raise app.UsageError(f"--global_batch={FLAGS.global_batch} does not "
                          f"divide over --devices={FLAGS.devices}.")
@@ -696,7 +725,8 @@ def _measure(what, config, memories) -> None:
   for lowering in lowerings:
     models.resolve_conv_lowering(lowering)  # Fails before any measurement.
   ours = [train_step_speed(*model_args, FLAGS.steps, peak=peak,
-                           conv_lowering=lowering, **shape_args)
+                           conv_lowering=lowering, task=FLAGS.task,
+                           **shape_args)
           for lowering in lowerings] if "train" in what else None
   if "timm" in what:
     timm_peer(*model_args, FLAGS.steps, ours=ours, **shape_args)
@@ -704,13 +734,14 @@ def _measure(what, config, memories) -> None:
     for lowering, remat, accum in itertools.product(
         lowerings, FLAGS.remat, FLAGS.accum_steps):
       train_step_memory(*model_args, conv_lowering=lowering, remat=remat,
-                        accum_steps=int(accum), **shape_args)
+                        accum_steps=int(accum), task=FLAGS.task,
+                        **shape_args)
   if "fit" in what:
     for lowering, precision, remat in itertools.product(
         lowerings, FLAGS.precisions, FLAGS.remat):
       fit_in_memory(FLAGS.model, FLAGS.resolution, memories,
                     FLAGS.global_batch, FLAGS.devices, precision, remat,
-                    lowering, FLAGS.channels, FLAGS.num_classes)
+                    lowering, FLAGS.channels, FLAGS.num_classes, FLAGS.task)
   ours = input_speed(config, FLAGS.steps) if "input" in what else None
   if "input_stages" in what:
     input_stages(config, FLAGS.peer_images)

@@ -85,6 +85,14 @@ def classification_eval(**settings) -> ml_collections.ConfigDict:
   return c
 
 
+def segmentation_eval(**settings) -> ml_collections.ConfigDict:
+  """Settings of a 'segmentation' evaluator: loss, Dice and IoU over
+  config.data.eval_split."""
+  c = ml_collections.ConfigDict({"type": "segmentation", "every_steps": 1000})
+  c.update(settings)
+  return c
+
+
 def fewshot_eval(**settings) -> ml_collections.ConfigDict:
   """Settings of a 'fewshot_linear' evaluator: the linear few-shot probe of
   frozen pre-logits on a single-label TFDS dataset (fewshot.py)."""
@@ -175,6 +183,10 @@ def base_config() -> ml_collections.ConfigDict:
   # that results say how they were made.
   c.recipe = "ours"
   c.seed = 0
+  # 'classification' (labels per image) or 'segmentation' (masks per
+  # pixel: a U-Net on the model's encoder, a segmentation evaluator and
+  # loss, data with a 'mask' feature).
+  c.task = "classification"
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "R50x1"
@@ -260,9 +272,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.agc_exclude = "head"
 
   # Reported first in results.json and used by the study tables: a metric of
-  # the 'classification' evaluator (accuracy, mean_auc, map or loss); '' =
-  # accuracy for single-label data, mean_auc for multi-label data (loss
-  # without per-class metrics).
+  # the 'classification' evaluator (accuracy, mean_auc, map or loss) or of
+  # the 'segmentation' one (dice, iou or loss); '' = accuracy for
+  # single-label data, mean_auc for multi-label data (loss without
+  # per-class metrics), dice for segmentation.
   c.primary_metric = ""
 
   # A step whose loss or gradient is NaN/Inf never changes the parameters.

@@ -23,7 +23,8 @@ from input_pipeline import pipeline
 from input_pipeline import preprocessing
 from input_pipeline.datasets import cxr_common
 
-PRIMARY_METRICS = ("", "accuracy", "mean_auc", "map", "loss")
+PRIMARY_METRICS = ("", "accuracy", "mean_auc", "map", "loss", "dice", "iou",
+                   "dice_pooled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +116,7 @@ def _parses(parse: Callable[[Any], Any], failures) -> Callable[[Any], bool]:
 RULES: Dict[str, Rule] = {
     "recipe": choice(("ours", "bit", "seed", "benchmark")),
     "seed": integer(0),
+    "task": choice(models.TASKS),
     "model.name": Rule(models.MODEL_NAMES_HELP,
                        _parses(models.check_name, (errors.ConfigError, TypeError))),
     "model.precision": choice(sorted(models.PRECISIONS)),
@@ -195,7 +197,8 @@ RULES: Dict[str, Rule] = {
     "checkpoint.keep": integer(1),
     "checkpoint.async_save": boolean(),
     "checkpoint.best_metric": Rule(
-        "'' or '<evaluator>/<metric>' of a classification evaluator, e.g. "
+        "'' or '<evaluator>/<metric>' of a classification or segmentation "
+        "evaluator, e.g. "
         "'val/loss'", lambda v: isinstance(v, str) and (
             not v or v.count("/") == 1)),
 }
@@ -207,6 +210,10 @@ EVAL_RULES: Dict[str, Dict[str, Rule]] = {
         "type": string(nonempty=True),
         "every_steps": integer(0),
         "per_class": boolean(),
+    },
+    "segmentation": {
+        "type": string(nonempty=True),
+        "every_steps": integer(0),
     },
     "fewshot_linear": {
         "type": string(nonempty=True),
@@ -282,11 +289,13 @@ def _check_together(values: Dict[str, Any], resolved: bool) -> None:
           "are per RGB channel)")
   if values["checkpoint.best_metric"]:
     name, metric = values["checkpoint.best_metric"].split("/")
-    if values.get(f"evals.{name}.type") != "classification" or (
-        metric not in PRIMARY_METRICS[1:]):
+    if values.get(f"evals.{name}.type") not in (
+        "classification", "segmentation") or metric not in PRIMARY_METRICS[1:]:
       _fail("checkpoint.best_metric", values["checkpoint.best_metric"],
-            f"'<evaluator>/<metric>' with a classification evaluator of "
-            f"config.evals and a metric in {list(PRIMARY_METRICS[1:])}")
+            f"'<evaluator>/<metric>' with a classification or segmentation "
+            f"evaluator of config.evals and a metric in "
+            f"{list(PRIMARY_METRICS[1:])}")
+  _check_evaluators_fit_task(values)
   if values.get("init.reestimate_batch_stats") and not models.uses_batch_norm(
       values["model.name"]):
     _fail("init.reestimate_batch_stats", values["init.reestimate_batch_stats"],
@@ -299,12 +308,30 @@ def _check_together(values: Dict[str, Any], resolved: bool) -> None:
   if not (values["total_steps"] or values["total_epochs"]):
     raise errors.ConfigError("Set config.total_steps or config.total_epochs "
                              "(or config.hyperrule=True to derive them).")
+  if values["task"] == "segmentation" and values["data.resolution"] % 32:
+    _fail("data.resolution", values["data.resolution"],
+          "a multiple of 32 for config.task='segmentation' (the U-Net's "
+          "encoder halves the sides five times)")
   if values["data.augment"] == "bit" and not (
       values["data.resize"] and values["data.resize"] >= values[
           "data.resolution"]):
     _fail("data.resize", values["data.resize"],
           f"an integer >= config.data.resolution ({values['data.resolution']})"
           " for config.data.augment='bit' (resize, then random crop)")
+
+
+# Evaluator types each task can run.
+_TASK_EVALUATORS = {"classification": ("classification", "fewshot_linear"),
+                    "segmentation": ("segmentation",)}
+
+
+def _check_evaluators_fit_task(values: Dict[str, Any]) -> None:
+  task = values["task"]
+  for key, kind in values.items():
+    if key.startswith("evals.") and key.endswith(".type") and (
+        kind not in _TASK_EVALUATORS[task]):
+      _fail(key, kind, f"one of {list(_TASK_EVALUATORS[task])} for "
+            f"config.task={task!r}")
 
 
 def validate(config: ml_collections.ConfigDict,

@@ -18,6 +18,7 @@ from big_transfer_med import fewshot
 from big_transfer_med import losses
 from big_transfer_med import metrics
 from big_transfer_med import parallel
+from big_transfer_med import segmentation_metrics
 from input_pipeline import errors
 
 
@@ -53,8 +54,6 @@ class ClassificationEvaluator:
                data):
     self.every_steps = settings.every_steps
     self.multi_label, self.label_names = data.multi_label, data.label_names
-    self.metric_names = (["loss"] + ([] if data.multi_label else ["accuracy"])
-                         + (["mean_auc", "map"] if settings.per_class else []))
     self._batches = data.ordered_batches(config)  # Built once per run.
     self._step = parallel.per_device_with(
         eval_step, model=model, loss_fn=losses.get_loss(config.loss),
@@ -87,7 +86,62 @@ class ClassificationEvaluator:
     return result
 
 
+def segmentation_eval_step(variables, batch, *, model, loss_fn):
+  """Loss sums over this device's valid images (summed over devices) and
+  each image's overlap counts (segmentation_metrics.overlap_counts)."""
+  logits = model.apply(variables, batch["image"], train=False)
+  total, count = loss_fn(logits, batch["labels"], batch["mask"])
+  sums = {"loss": total, "loss_count": count}
+  return {"sums": parallel.sum_over_devices(sums),
+          "counts": segmentation_metrics.overlap_counts(logits,
+                                                        batch["labels"]),
+          "mask": batch["mask"]}
+
+
+class SegmentationEvaluator:
+  """Loss, Dice and IoU (per class and their means; thresholds and the
+  empty-mask convention in segmentation_metrics) over one pass of the run's
+  eval split. Each image counts once (padding is masked), whatever the
+  device and host count: only its overlap counts leave the devices."""
+
+  def __init__(self, settings: ml_collections.ConfigDict, *, config, model,
+               data):
+    self.every_steps = settings.every_steps
+    self.class_names = data.label_names
+    self._batches = data.ordered_batches(config)
+    self._step = parallel.per_device_with(
+        segmentation_eval_step, model=model,
+        loss_fn=losses.get_loss(config.loss))
+
+  def run(self, variables) -> Dict[str, Any]:
+    totals, outputs = None, []
+    for batch in parallel.prefetch(iter(self._batches)):
+      out = self._step(variables, batch)
+      totals = out["sums"] if totals is None else jax.tree.map(
+          jnp.add, totals, out["sums"])
+      outputs.append({"counts": out["counts"], "mask": out["mask"]})
+    totals = parallel.unreplicate(totals)
+    outputs = parallel.gather_batches(outputs)
+    result = segmentation_metrics.scores(outputs["counts"], outputs["mask"],
+                                         self.class_names)
+    result["loss"] = float(totals["loss"] / max(totals["loss_count"], 1))
+    return result
+
+
+# The metrics an evaluator type reports as a run's `metrics` (the first
+# evaluator of these types is the run's main one; config.primary_metric
+# and checkpoint.best_metric name one of these).
+def reported_metrics(settings: ml_collections.ConfigDict, data) -> list:
+  if settings.type == "segmentation":
+    return ["loss", "dice", "iou", "dice_pooled"]
+  return (["loss"] + ([] if data.multi_label else ["accuracy"])
+          + (["mean_auc", "map"] if settings.per_class else []))
+
+
+MAIN_TYPES = ("classification", "segmentation")
+
 EVALUATORS = {"classification": ClassificationEvaluator,
+              "segmentation": SegmentationEvaluator,
               "fewshot_linear": fewshot.FewShotEvaluator}
 
 

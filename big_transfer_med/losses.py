@@ -2,6 +2,9 @@
 
 The trainer divides the psum of the sums by the psum of the counts: the
 gradient is the one of the global-batch mean however the batch is split.
+Segmentation losses take per-pixel logits and masks [B, H, W, C]; their
+Dice term is per image and class (a batch-level Dice, as the benchmark
+paper's, would depend on how the batch is split).
 """
 from typing import Callable, Optional, Tuple
 
@@ -42,6 +45,31 @@ def sigmoid_xent(logits, labels, mask: Optional[jax.Array] = None):
   return jnp.sum(per_element * mask), jnp.sum(mask)
 
 
+def soft_dice(logits, masks, mask: Optional[jax.Array] = None,
+              smooth: float = 1.0):
+  """Soft Dice loss per image and class, 1 - (2 sum(p t) + smooth) /
+  (sum(p) + sum(t) + smooth) with p = sigmoid(logits) over the pixels;
+  `logits`, `masks` [B, H, W, C], `mask` [B]. The count is images x classes."""
+  probabilities = jax.nn.sigmoid(logits.astype(jnp.float32))
+  masks = masks.astype(jnp.float32)
+  intersection = jnp.sum(probabilities * masks, axis=(1, 2))
+  total = jnp.sum(probabilities, axis=(1, 2)) + jnp.sum(masks, axis=(1, 2))
+  per_image = 1.0 - (2.0 * intersection + smooth) / (total + smooth)
+  if mask is None:
+    mask = jnp.ones(per_image.shape[:1], jnp.float32)
+  mask = jnp.broadcast_to(mask.astype(jnp.float32)[:, None], per_image.shape)
+  return jnp.sum(per_image * mask), jnp.sum(mask)
+
+
+def dice_sigmoid_xent(logits, masks, mask: Optional[jax.Array] = None):
+  """Soft Dice plus the mean pixel sigmoid cross-entropy, per image and
+  class (the same count as soft_dice)."""
+  dice, count = soft_dice(logits, masks, mask)
+  xent, _ = sigmoid_xent(logits, masks, mask)
+  pixels = logits.shape[1] * logits.shape[2]
+  return dice + xent / pixels, count
+
+
 def loss_mask(batch):
   """Per-example mask, times the per-label mask of multi-label data."""
   if "label_mask" in batch:
@@ -50,7 +78,10 @@ def loss_mask(batch):
 
 
 # Losses by name (config.loss): a new loss adds an entry here.
-LOSSES = {"softmax_xent": softmax_xent, "sigmoid_xent": sigmoid_xent}
+LOSSES = {"softmax_xent": softmax_xent, "sigmoid_xent": sigmoid_xent,
+          "dice": soft_dice, "dice_sigmoid_xent": dice_sigmoid_xent}
+# Those that fit per-pixel masks (config.task='segmentation').
+SEGMENTATION_LOSSES = ("dice", "dice_sigmoid_xent", "sigmoid_xent")
 
 
 def get_loss(name: str) -> LossFn:

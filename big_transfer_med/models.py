@@ -530,10 +530,11 @@ def get_model(name: str, num_classes: Optional[int],
 
 
 def from_config(model_config, num_classes: Optional[int],
-                bn_axis_name: Optional[str] = None) -> nn.Module:
+                bn_axis_name: Optional[str] = None,
+                task: str = "classification") -> nn.Module:
   """get_model for config.model (name, precision, head_init, conv_lowering,
-  remat)."""
+  remat) and config.task."""
   return get_model(model_config.name, num_classes, model_config.precision,
                    model_config.head_init, model_config.conv_lowering,
                    # Absent from runs written before the key existed.
-                   model_config.get("remat", "none"), bn_axis_name)
+                   model_config.get("remat", "none"), bn_axis_name, task)

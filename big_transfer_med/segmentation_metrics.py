@@ -8,7 +8,9 @@ per-image Dice / IoU and averages. Padded examples (valid = 0) are left out.
 
 Convention (SIIM-ACR's): an image whose true mask and prediction are both
 empty scores 1 for that class (Dice and IoU); an empty true mask with any
-predicted pixel scores 0.
+predicted pixel scores 0. `dice_pooled` is Dice over all pixels of all
+images at once (2 sum|P & T| / (sum|P| + sum|T|)): the benchmark paper's
+code reports that one.
 """
 from typing import Dict, Sequence
 
@@ -47,7 +49,8 @@ def per_image(intersection, predicted, target):
 def scores(counts: Dict[str, np.ndarray], valid: np.ndarray,
            class_names: Sequence[str]) -> Dict[str, float]:
   """Mean Dice and IoU over the valid images, per class ('dice/<name>') and
-  averaged over classes ('dice', 'iou'); `images` counts the images."""
+  averaged over classes ('dice', 'iou'), pooled Dice averaged over classes
+  ('dice_pooled'); `images` counts the images."""
   keep = np.asarray(valid) > 0
   dice, iou = per_image(counts["intersection"][keep],
                         counts["predicted"][keep], counts["target"][keep])
@@ -59,4 +62,7 @@ def scores(counts: Dict[str, np.ndarray], valid: np.ndarray,
     result[f"iou/{name}"] = float(iou[:, i].mean())
   result["dice"] = float(dice.mean(axis=0).mean())
   result["iou"] = float(iou.mean(axis=0).mean())
+  pooled, _ = per_image(*(counts[k][keep].sum(axis=0, keepdims=True) for k in
+                          ("intersection", "predicted", "target")))
+  result["dice_pooled"] = float(pooled.mean())
   return result

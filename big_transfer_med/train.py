@@ -186,11 +186,11 @@ def _batch_stats_of(state: TrainState, batch, *, model):
                      mutable=list(state.model_state))[1]
 
 
-def _classification_eval(config) -> Tuple[str, Any]:
-  """(name, settings) of the first 'classification' evaluator, or (None,
-  None): its results are the run's `metrics`."""
+def _main_eval(config) -> Tuple[str, Any]:
+  """(name, settings) of the first classification or segmentation
+  evaluator, or (None, None): its results are the run's `metrics`."""
   return next(((n, e) for n, e in config.evals.items()
-               if e.type == "classification"), (None, None))
+               if e.type in evaluators.MAIN_TYPES), (None, None))
 
 
 def check_micro_batches(batch_size: int, devices: int, accum_steps: int) -> None:
@@ -213,24 +213,41 @@ def resolve_config(config, data) -> ml_collections.ConfigDict:
     config.schedule.warmup_k = jax.device_count()
   config_validation.validate(config, resolved=True)
   check_micro_batches(config.batch_size, jax.device_count(), config.accum_steps)
-  name, settings = _classification_eval(config)
-  reported = [] if name is None else (
-      ["loss"] + ([] if data.multi_label else ["accuracy"])
-      + (["mean_auc", "map"] if settings.per_class else []))
+  _check_task(config, data)
+  name, settings = _main_eval(config)
+  reported = [] if name is None else evaluators.reported_metrics(settings,
+                                                                 data)
   if not config.primary_metric and reported:
     config.primary_metric = (
+        "dice" if config.task == "segmentation" else
         "accuracy" if not data.multi_label else
         "mean_auc" if settings.per_class else "loss")
   if config.primary_metric and config.primary_metric not in reported:
     raise errors.ConfigError(
         f"config.primary_metric={config.primary_metric!r}: this run's "
-        f"classification evaluator reports {reported}.")
+        f"{settings.type if settings else 'main'} evaluator reports "
+        f"{reported}.")
+  return config
+
+
+def _check_task(config, data) -> None:
+  """config.task and config.loss fit the data (masks or labels)."""
+  if config.task != data.task:
+    raise errors.ConfigError(
+        f"config.task={config.task!r} but {config.data.name} is "
+        f"{data.task} data: set config.task={data.task!r} (and a "
+        f"{data.task} evaluator and loss).")
+  if config.task == "segmentation":
+    if config.loss not in losses.SEGMENTATION_LOSSES:
+      raise errors.ConfigError(
+          f"config.loss={config.loss!r} does not fit segmentation: use one "
+          f"of {list(losses.SEGMENTATION_LOSSES)}.")
+    return
   if data.multi_label != (config.loss == "sigmoid_xent"):
     raise errors.ConfigError(
         f"config.loss={config.loss!r} does not fit "
         f"{'multi' if data.multi_label else 'single'}-label data: use "
         f"{'sigmoid_xent' if data.multi_label else 'softmax_xent'}.")
-  return config
 
 
 def _initial_state(config, model, optimizer, image_shape, workdir: str):
@@ -268,7 +285,8 @@ def _write_run_files(workdir: str, config, data) -> None:
       os.path.join(workdir, name), obj)
   write(run_dir.CONFIG_FILE, config.to_dict())
   write(run_dir.LABELS_FILE, {"label_names": data.label_names,
-                              "multi_label": data.multi_label})
+                              "multi_label": data.multi_label,
+                              "task": data.task})
   if data.fewshot_positions is not None:
     write(run_dir.FEWSHOT_FILE, {
         "examples_per_class": config.data.examples_per_class,
@@ -303,7 +321,7 @@ def _summary(config, data, results, state, init_report) -> Dict[str, Any]:
   """What results.json holds: the classification evaluator's metrics as
   `metrics`, the few-shot probes' as `fewshot`, and what the run was."""
   c = config.data
-  name, _ = _classification_eval(config)
+  name, _ = _main_eval(config)
   target = (f"{'+'.join(c.sources)}:{c.label_set}" if c.sources else c.name)
   if c.classes:
     target += ":" + "_".join(map(str, c.classes))
@@ -311,6 +329,7 @@ def _summary(config, data, results, state, init_report) -> Dict[str, Any]:
     target += ":exclusive"
   summary = {
       "primary_metric": config.primary_metric, "target": target,
+      "task": config.task,
       "metrics": results.get(name, {}), "evals": results,
       "fewshot": {f"{n}/{k}": v for n, r in results.items()
                   if config.evals[n].type == "fewshot_linear"
@@ -361,7 +380,7 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
   steps_per_epoch = len(data.train) / config.batch_size
   optimizer, schedule, total_steps = optim.from_config(config, steps_per_epoch)
   model = models.from_config(config.model, data.num_classes,
-                             bn_axis_name=parallel.AXIS)
+                             bn_axis_name=parallel.AXIS, task=config.task)
   image_shape = (config.data.resolution, config.data.resolution,
                  config.data.channels)
   evals = evaluators.from_config(config, model, data)

@@ -11,7 +11,8 @@ Arguments (comma-separated key=value):
           torchvision / self-supervised ResNet-50 as released; '' = scratch);
   model   R50x1 (default) ... R152x4, or resnet50 (torchvision's family:
           ImageNet normalisation); must match init;
-  shots   examples per class (0 = the full training set); seed (default 0)
+  shots   examples per class (0 = the full training set; segmentation:
+          k images showing each class and k without any); seed (default 0)
           seeds the run and the few-shot draw;
   steps, batch, eval_batch, lr, res, resize: override the rule (e.g. for
   CPU demos);
@@ -37,7 +38,12 @@ resized to 256 and centre-cropped to 224, CheXpert's uncertain labels as
 positives (U-Ones), 40 epochs keeping the checkpoint with the best
 validation loss, validated every 2000 steps (the paper validates every
 epoch, stops after 10 without improvement and halves the rate after 5;
-here the rate is constant). Inputs are
+here the rate is constant). For the segmentation targets it is
+main_segmentation.py: a U-Net, soft Dice loss (smooth 1; per image here,
+over the whole batch there), Adam lr 1e-3 with cosine decay, batch 32,
+200 epochs keeping the best validation loss (no early stopping here),
+224 px, no augmentation (the paper's albumentations brightness / gamma /
+elastic / crop set is not reproduced). Inputs are
 normalised as the model's checkpoint expects: --config.data.normalization=
 imagenet for the seed's ImageNet-1k/21k models. Any key can still be
 overridden with --config.key=value.
@@ -73,7 +79,14 @@ TARGETS = {
     "chexpert5": ({"sources": ("chexpert",), "label_set": "chexpert5",
                    "crop_to_square": True, "eval_split": "validation"},
                   "sigmoid_xent", "mean_auc"),
+    # Segmentation (config.task='segmentation': a U-Net on the model's
+    # encoder): lungs of the Montgomery County set, SIIM-ACR pneumothorax.
+    "montgomery_lungs": ({"name": "cxr_montgomery_lungs"},
+                         "dice_sigmoid_xent", "dice"),
+    "siim_pneumothorax": ({"name": "cxr_siim_pneumothorax"},
+                          "dice_sigmoid_xent", "dice"),
 }
+SEGMENTATION_TARGETS = ("montgomery_lungs", "siim_pneumothorax")
 
 ARGUMENTS = {"target": config_lib.one_of(*sorted(TARGETS)), "init": str,
              "model": str, "shots": int, "seed": int, "steps": int,
@@ -119,6 +132,16 @@ def _apply_benchmark_recipe(c, args) -> None:
   # of ChestX-ray14 or a tenth of CheXpert at batch 32.
   c.evals.val.every_steps = 2000
   c.checkpoint.best_metric = "val/loss"
+  if c.task == "segmentation":  # main_segmentation.py.
+    c.loss = "dice"  # Soft Dice, smooth 1 (per image here).
+    c.primary_metric = "dice_pooled"  # Over all test pixels, as its code.
+    c.optim.base_lr = args.get("lr", 1e-3)
+    c.schedule.decay_type = "cosine"
+    c.total_epochs = 200.0
+    c.data.resolution = c.data.resize = 224
+    c.data.augment = "none"
+    # About every 5 epochs of Montgomery (110 images), or 1.5 of SIIM.
+    c.evals.val.every_steps = 20 if c.data.name == "cxr_montgomery_lungs" else 500
 
 
 def get_config(arg: str = ""):
@@ -140,6 +163,10 @@ def get_config(arg: str = ""):
     c.data[key] = value
   c.data.examples_per_class = args.get("shots", 0)
   c.data.fewshot_seed = c.seed
+  if target in SEGMENTATION_TARGETS:
+    c.task = "segmentation"
+    c.evals.val = config_lib.segmentation_eval()
+    c.mixup_alpha = 0.0  # HyperRule would mix masks.
 
   c.hyperrule = True  # Fills steps, warmup, decays, resolution, MixUp.
   c.batch_size = args.get("batch", 512)

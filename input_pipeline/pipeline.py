@@ -253,6 +253,25 @@ class CxrSource(Source):
     return labels.numpy(), mask.numpy()
 
 
+class SegmentationSource(Source):
+  """A split of a segmentation dataset (features 'image' and 'mask', both
+  [H, W, ...], and 'mask_pixels', the foreground pixels per class). The
+  batches' labels are the masks; an image's labels as few-shot selection
+  sees them are whether each class is present (mask_pixels > 0)."""
+
+  def __init__(self, builder, split: str):
+    super().__init__(builder, split)
+    self.label_names = list(builder.info.metadata["class_names"])
+    self.mask_feature = builder.info.features["mask"]
+
+  def stored_labels(self, records: np.ndarray) -> np.ndarray:
+    return (self.column("mask_pixels")[records] > 0).astype(np.float32)
+
+  def label_matrix(self):
+    labels = self.stored_labels(self.indices)
+    return labels, np.ones_like(labels)
+
+
 class MixedSource:
   """Several sources as one index space (concatenated in order)."""
 
@@ -285,10 +304,11 @@ class MixedSource:
     return which.astype(np.int32), serialized, labels
 
 
-def parse_images(serialized: tf.Tensor) -> tf.Tensor:
-  """The stored image bytes of serialized records (a tensor of any shape)."""
+def parse_images(serialized: tf.Tensor, feature: str = "image") -> tf.Tensor:
+  """The stored bytes of image `feature` ('image', 'mask') of serialized
+  records (a tensor of any shape)."""
   images = tf.io.parse_example(tf.reshape(serialized, [-1]), {
-      "image": tf.io.FixedLenFeature([], tf.string)})["image"]
+      feature: tf.io.FixedLenFeature([], tf.string)})[feature]
   return tf.reshape(images, tf.shape(serialized))
 
 
@@ -398,9 +418,17 @@ CXR_SOURCES = {"chexpert": "cxr_chexpert", "mimic": "cxr_mimic",
                "padchest_seed": "cxr_padchest_seed"}
 
 
-def _open_classification(c: ml_collections.ConfigDict):
-  """config.data.name (+ classes): single-label TFDS data."""
+def _open_named(c: ml_collections.ConfigDict):
+  """config.data.name: single-label TFDS data (+ config.data.classes), or
+  segmentation data (a dataset with a 'mask' feature)."""
   builder = load_builder(c.name, c.data_dir)
+  if "mask" in builder.info.features:
+    if c.classes:
+      raise errors.ConfigError(
+          f"config.data.classes={tuple(c.classes)}: {c.name} is segmentation "
+          "data (every class is a mask channel); set it to ().")
+    return (lambda split: MixedSource(
+        [SegmentationSource(builder, split)])), None
   return (lambda split: MixedSource(
       [ClassificationSource(builder, split, tuple(c.classes))])), None
 
@@ -424,11 +452,11 @@ def _open_cxr(c: ml_collections.ConfigDict):
 
 # Kinds of data, by name: each opens (split -> MixedSource, harmonizers or
 # None) from config.data. A new kind of data adds an entry here.
-DATA_KINDS = {"classification": _open_classification, "cxr": _open_cxr}
+DATA_KINDS = {"named": _open_named, "cxr": _open_cxr}
 
 
 def data_kind(data_config: ml_collections.ConfigDict) -> str:
-  return "cxr" if data_config.sources else "classification"
+  return "cxr" if data_config.sources else "named"
 
 
 class Batches:
@@ -466,6 +494,10 @@ class Pipeline:
     self.num_local_devices = num_local_devices
     make, self.harmonizers = DATA_KINDS[data_kind(c)](c)
     self.train, self.eval = make(c.train_split), make(c.eval_split)
+    # Batches of segmentation data hold masks [H, W, classes] as labels.
+    self.task = ("segmentation" if isinstance(self.train.sources[0],
+                                              SegmentationSource)
+                 else "classification")
     self.label_names = (list(self.harmonizers[0].names) if self.harmonizers
                         else self.train.sources[0].label_names)
     # Exclusive data are single-label: a softmax over the label set.
@@ -528,11 +560,27 @@ class Pipeline:
       size = len(source.sources[source_id].label_names)
       return (image,) + harmonizer(labels[:size], label_rng)
 
+    def segmentation(serialized, image_rng):
+      # Image and mask take the same crops, flips and affine (same rng).
+      only = source.sources[0]
+      image = preprocessing.preprocess(
+          only.image_feature.decode_example(parse_images(serialized)), cfg,
+          train=train, rng=image_rng, whole_image=True)
+      mask = preprocessing.preprocess_mask(
+          only.mask_feature.decode_example(parse_images(serialized, "mask")),
+          cfg, train=train, rng=image_rng)
+      return image, mask
+
     def process(position, source_id, serialized, labels):
-      image = parse_images(serialized)
       rng = tf.stack([tf.cast(seed, tf.int64), position])
       label_rng, image_rng = tf.unstack(
           tf.random.experimental.stateless_split(rng, 2))
+      # Padding examples of the last evaluation batch are masked out.
+      valid = tf.cast(train or position < len(source), tf.float32)
+      if self.task == "segmentation":
+        image, mask = segmentation(serialized, image_rng)
+        return {"image": image, "labels": mask, "mask": valid}
+      image = parse_images(serialized)
       branches = [functools.partial(branch, j, image, labels, label_rng,
                                     image_rng)
                   for j in range(len(source.sources))]
@@ -542,8 +590,7 @@ class Pipeline:
       example = {
           "image": image,
           "labels": labels,
-          # Padding examples of the last evaluation batch are masked out.
-          "mask": tf.cast(train or position < len(source), tf.float32),
+          "mask": valid,
       }
       if self.multi_label:
         example["label_mask"] = label_mask

@@ -39,9 +39,12 @@ def full_scale(dtype: tf.DType) -> float:
   return 1.0 if dtype.is_floating else float(dtype.max)
 
 
-def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+def resize(image: tf.Tensor, size: int, nearest: bool = False) -> tf.Tensor:
   """Resizes to size x size (float32, same scale as `image`): area averaging
-  when shrinking, bilinear otherwise."""
+  when shrinking, bilinear otherwise; nearest-neighbour (masks) if asked."""
+  if nearest:
+    return tf.cast(tf.image.resize(image, [size, size], method="nearest"),
+                   tf.float32)
   shrinking = tf.reduce_all(tf.shape(image)[:2] >= size)
   return tf.cond(
       shrinking,
@@ -78,11 +81,13 @@ def random_flip(rng: tf.Tensor) -> tf.Tensor:
 
 def random_affine(image: tf.Tensor, rng: tf.Tensor, shift: float,
                   scale: float, rotation_degrees: float,
-                  flip: tf.Tensor = False, fill: str = "zeros") -> tf.Tensor:
+                  flip: tf.Tensor = False, fill: str = "zeros",
+                  nearest: bool = False) -> tf.Tensor:
   """Random shift (fraction of the size), scale (1 +- scale) and rotation
   about the centre, then a left-right flip where `flip`; outside pixels as
-  `fill` (AFFINE_FILLS). Bilinear sampling. The flip is folded into the same
-  transform (one resampling pass instead of a second copy)."""
+  `fill` (AFFINE_FILLS). Bilinear sampling (nearest-neighbour for masks:
+  the same `rng` moves an image and its mask alike). The flip is folded
+  into the same transform (one resampling pass instead of a second copy)."""
   if fill not in AFFINE_FILLS:
     raise errors.ConfigError(f"config.data.affine_fill={fill!r}: expected "
                              f"one of {AFFINE_FILLS}.")
@@ -118,11 +123,13 @@ def random_affine(image: tf.Tensor, rng: tf.Tensor, shift: float,
   return tf.raw_ops.ImageProjectiveTransformV3(
       images=image[None], transforms=transform[None],
       output_shape=shape, fill_value=0.0,
-      interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+      interpolation="NEAREST" if nearest else "BILINEAR",
+      fill_mode="CONSTANT")[0]
 
 
 def random_resized_crop(image: tf.Tensor, resolution: int, rng: tf.Tensor,
-                        rotation_degrees: float) -> tf.Tensor:
+                        rotation_degrees: float, nearest: bool = False
+                        ) -> tf.Tensor:
   """torchvision's RandomResizedCrop(resolution) (a box of 8-100% of the
   area, aspect ratio 3/4-4/3, up to 10 tries, else the whole image), then a
   flip and a rotation by up to `rotation_degrees` about the centre (black
@@ -133,10 +140,14 @@ def random_resized_crop(image: tf.Tensor, resolution: int, rng: tf.Tensor,
       tf.shape(image), tf.zeros([1, 0, 4]), seed=box_rng,
       area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
       max_attempts=10, use_image_if_no_bounding_boxes=True)
+  channels = image.shape[-1]
   image = tf.slice(image, begin, size)
-  image = tf.image.resize(image, [resolution, resolution], method="bilinear")
+  image.set_shape([None, None, channels])  # A dynamic slice loses it.
+  image = tf.cast(tf.image.resize(image, [resolution, resolution],
+                                  method="nearest" if nearest else "bilinear"),
+                  tf.float32)
   return random_affine(image, affine_rng, 0.0, 0.0, rotation_degrees,
-                       flip=random_flip(flip_rng))
+                       flip=random_flip(flip_rng), nearest=nearest)
 
 
 def normalize(image: tf.Tensor, white: float, normalization: str
@@ -154,15 +165,45 @@ def normalize(image: tf.Tensor, white: float, normalization: str
 
 
 def preprocess(image: tf.Tensor, config: ml_collections.ConfigDict,
-               train: bool, rng: tf.Tensor) -> tf.Tensor:
+               train: bool, rng: tf.Tensor, whole_image: bool = False
+               ) -> tf.Tensor:
   """Preprocesses one decoded image (see the module doc) per config.data.
 
   `rng` is a [2] int64 seed; the same seed gives the same augmentation.
+  With `whole_image` (segmentation) evaluation resizes the whole image,
+  never centre-cropping it: every pixel of its mask is scored.
   """
+  white = full_scale(image.dtype)
+  image = _geometry(image, config, train, rng, nearest=False,
+                    whole_image=whole_image)
+  channels = image.shape[-1]
+  if config.channels != channels:
+    if channels != 1:
+      raise errors.ConfigError(f"config.data.channels={config.channels} but "
+                               f"the images have {channels} channels.")
+    image = tf.tile(image, [1, 1, config.channels])
+  return normalize(image, white, config.normalization)
+
+
+def preprocess_mask(mask: tf.Tensor, config: ml_collections.ConfigDict,
+                    train: bool, rng: tf.Tensor) -> tf.Tensor:
+  """The mask [H, W, classes] (0/1) of an image preprocessed by
+  preprocess(image, config, train, rng, whole_image=True) with the same
+  `rng`: moved by the same crops, flips and affine transform, sampled
+  nearest-neighbour. Returns float32 0/1 [resolution, resolution, classes]."""
+  return _geometry(tf.cast(mask, tf.float32), config, train, rng,
+                   nearest=True, whole_image=True)
+
+
+def _geometry(image: tf.Tensor, config: ml_collections.ConfigDict,
+              train: bool, rng: tf.Tensor, nearest: bool, whole_image: bool
+              ) -> tf.Tensor:
+  """Every crop, resize, flip and affine of config.data.augment (float32
+  out, the scale of `image`); a function of the image size and `rng` only,
+  so an image and its mask get the same."""
   if config.augment not in AUGMENTATIONS:
     raise errors.ConfigError(f"config.data.augment={config.augment!r}: "
                              f"expected one of {AUGMENTATIONS}.")
-  white = full_scale(image.dtype)
   if config.crop_to_square:
     image = center_crop_to_square(image)
   augment = config.augment if train else "none"
@@ -173,33 +214,27 @@ def preprocess(image: tf.Tensor, config: ml_collections.ConfigDict,
           f"({config.resize}) >= config.data.resolution ({config.resolution}).")
     crop_rng, flip_rng = tf.unstack(
         tf.random.experimental.stateless_split(rng, 2))
-    image = resize(image, config.resize)
+    image = resize(image, config.resize, nearest)
     image = tf.image.stateless_random_crop(
         image, [config.resolution, config.resolution, tf.shape(image)[-1]],
         seed=crop_rng)
     image = random_crop_flip(image, 0, flip=True, rng=flip_rng)
   elif augment == "resized_crop":
     image = random_resized_crop(image, config.resolution, rng,
-                                config.rotation)
-  elif config.augment == "resized_crop":  # Its evaluation.
+                                config.rotation, nearest)
+  elif config.augment == "resized_crop" and not whole_image:  # Evaluation.
     image = resize(image, config.resize or config.resolution)
     image = tf.image.resize_with_crop_or_pad(image, config.resolution,
                                              config.resolution)
   else:
-    image = resize(image, config.resolution)
+    image = resize(image, config.resolution, nearest)
   if augment == "cxr":
     affine_rng, flip_rng = tf.unstack(
         tf.random.experimental.stateless_split(rng, 2))
     image = random_affine(image, affine_rng, config.shift, config.scale,
                           config.rotation, flip=random_flip(flip_rng),
-                          fill=config.affine_fill)
+                          fill=config.affine_fill, nearest=nearest)
   elif augment in ("flip", "crop_flip"):
     padding = config.crop_padding if augment == "crop_flip" else 0
     image = random_crop_flip(image, padding, flip=True, rng=rng)
-  channels = image.shape[-1]
-  if config.channels != channels:
-    if channels != 1:
-      raise errors.ConfigError(f"config.data.channels={config.channels} but "
-                               f"the images have {channels} channels.")
-    image = tf.tile(image, [1, 1, config.channels])
-  return normalize(image, white, config.normalization)
+  return image

@@ -49,3 +49,66 @@ def tiny_cxr_data_dir(tmp_path_factory):
         download_config=tfds.download.DownloadConfig(
             manual_dir=os.path.join(CXR_TESTDATA, folder)))
   return data_dir
+
+
+def _build_segmentation(name: str, manual_dir, data_dir) -> None:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import input_pipeline.datasets  # noqa: F401  pylint: disable=g-import-not-at-top
+  tfds.builder(name, data_dir=str(data_dir)).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+
+
+@pytest.fixture(scope="session")
+def montgomery_data_dir(tmp_path_factory):
+  """cxr_montgomery_lungs built from the release's layout: 40 generated
+  radiographs (dark lungs) with the real lung masks of the torchxrayvision
+  wheel, 64 px (split 32 / 4 / 4). Returns (data_dir, manual_dir)."""
+  from tests import segmentation_fixtures  # pylint: disable=g-import-not-at-top
+  manual = tmp_path_factory.mktemp("montgomery_manual")
+  data_dir = tmp_path_factory.mktemp("tfds_montgomery")
+  segmentation_fixtures.write_montgomery(
+      manual, segmentation_fixtures.real_lung_masks(40, size=64)[..., 0])
+  _build_segmentation("cxr_montgomery_lungs", manual, data_dir)
+  return str(data_dir), str(manual)
+
+
+@pytest.fixture(scope="session")
+def siim_data_dir(tmp_path_factory):
+  """cxr_siim_pneumothorax built from the release's layout: 20 generated
+  32 px DICOMs, every other one with a dark region (one or two RLE rows)
+  and train-rle.csv (split 16 / 2 / 2). Returns the data_dir."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tests import segmentation_fixtures  # pylint: disable=g-import-not-at-top
+  manual = tmp_path_factory.mktemp("siim_manual")
+  data_dir = tmp_path_factory.mktemp("tfds_siim")
+  rng = np.random.default_rng(0)
+  images, regions = [], []
+  for i in range(20):
+    parts = []
+    for r in range(i % 2 + (i % 4 == 1)):  # 0, 2, 0, 1 regions, ...
+      part = np.zeros((32, 32), bool)
+      top, left = rng.integers(2, 20, size=2)
+      part[top:top + 10, left:left + 8] = True
+      parts.append(part.astype(np.uint8))
+    images.append(segmentation_fixtures.radiograph_of(
+        np.any(parts, axis=0) if parts else np.zeros((32, 32), bool), rng))
+    regions.append(parts)
+  segmentation_fixtures.write_siim(manual, np.stack(images), regions)
+  _build_segmentation("cxr_siim_pneumothorax", manual, data_dir)
+  return str(data_dir)
+
+
+@pytest.fixture
+def preempt_after_step_1(monkeypatch):
+  """run(fn): calls fn() (a train_and_evaluate) as if preempted after step
+  1: it saves that step and stops. Resuming with the same config then
+  needs no second compile of the train step, as a shorter run would."""
+  from big_transfer_med import preemption  # pylint: disable=g-import-not-at-top
+
+  def run(fn):
+    with monkeypatch.context() as patched:
+      patched.setattr(preemption.Notice, "reached",
+                      lambda self, step: step == 1)
+      with pytest.raises(preemption.Preempted):
+        fn()
+  return run

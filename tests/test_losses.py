@@ -47,3 +47,39 @@ def test_per_example_mask_for_sigmoid_and_softmax():
   assert float(count) == 1.0
   np.testing.assert_allclose(total, -np.log(np.exp(2) / (np.exp(2) + np.exp(-1))),
                              rtol=1e-5)
+
+
+def _numpy_soft_dice(logits, masks, smooth=1.0):
+  """Soft Dice loss per image and class, from its definition."""
+  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  out = np.zeros(logits.shape[::3])
+  for n in range(logits.shape[0]):
+    for c in range(logits.shape[-1]):
+      inter = np.sum(p[n, ..., c] * masks[n, ..., c])
+      out[n, c] = 1 - (2 * inter + smooth) / (
+          p[n, ..., c].sum() + masks[n, ..., c].sum() + smooth)
+  return out
+
+
+def test_segmentation_losses_match_their_definitions_and_masks():
+  """soft_dice and dice_sigmoid_xent per image and class, padded images
+  left out, against NumPy; the mean over the global batch is the same
+  however the batch is split into (sum, count) shares."""
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 6, 7, 2)).astype(np.float32)
+  masks = (rng.random((5, 6, 7, 2)) < 0.4).astype(np.float32)
+  valid = np.array([1, 1, 1, 1, 0], np.float32)
+  dice = _numpy_soft_dice(logits, masks)[:4]
+  total, count = losses.soft_dice(logits, masks, valid)
+  assert count == 8
+  np.testing.assert_allclose(total, dice.sum(), rtol=1e-5)
+  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  xent = -(masks * np.log(p) + (1 - masks) * np.log(1 - p))
+  per_image_xent = xent.mean(axis=(1, 2))[:4]
+  total, count = losses.dice_sigmoid_xent(logits, masks, valid)
+  assert count == 8
+  np.testing.assert_allclose(total, (dice + per_image_xent).sum(), rtol=1e-5)
+  halves = [losses.dice_sigmoid_xent(logits[s], masks[s], valid[s])
+            for s in (slice(0, 2), slice(2, 5))]
+  np.testing.assert_allclose(sum(t for t, _ in halves) / sum(c for _, c in halves),
+                             total / count, rtol=1e-5)

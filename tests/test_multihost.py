@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from big_transfer_med import preemption
 from input_pipeline import pipeline
@@ -148,16 +149,22 @@ def test_two_hosts_match_one_host_and_resume_after_preemption(
       open(single / "results.json"))["metrics"]["examples"]
 
 
-def test_two_hosts_synchronise_batch_norm_as_one_host(tiny_fmnist_data_dir,
-                                                      tmp_path):
-  """resnet18 (BatchNorm): 2 hosts x 2 devices normalise with the
-  statistics of the whole global batch, as 1 host x 4 devices does: the
-  same losses and running averages."""
+def test_two_hosts_segment_and_synchronise_batch_norm_as_one_host(
+    montgomery_data_dir, tmp_path):
+  """A resnet18 U-Net (BatchNorm) on the Montgomery layout: 2 hosts x 2
+  devices normalise with the statistics of the whole global batch, as 1
+  host x 4 devices does (the same losses and running averages), and score
+  each of the 4 test images once (in a padded batch of 8): the same Dice."""
+  data_dir, _ = montgomery_data_dir
   runs = {}
   for name, processes, devices in (("single", 1, 4), ("hosts", 2, 2)):
     (tmp_path / f"{name}_logs").mkdir()
-    args = _args(tmp_path / name, tiny_fmnist_data_dir, 3) + [
-        "--config.model.name=resnet18"]
+    args = [f"--config={test_main.REPO}/configs/transfer.py:"
+            f"target=montgomery_lungs,model=resnet18,res=32,batch=8,steps=3,"
+            f"data_dir={data_dir},eval_split=test",
+            f"--workdir={tmp_path / name}",
+            "--config.schedule.decay_type=constant",
+            "--config.schedule.warmup_steps=0", "--config.log_every_steps=1"]
     runs[name] = (_start(args, processes, devices, tmp_path / f"{name}_logs"),
                   tmp_path / f"{name}_logs")
   for running, logdir in runs.values():
@@ -169,6 +176,11 @@ def test_two_hosts_synchronise_batch_norm_as_one_host(tiny_fmnist_data_dir,
            for name in ("single", "hosts")]
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
                                                        atol=1e-5), *stats)
+  metrics = [json.load(open(tmp_path / name / "results.json"))["metrics"]
+             for name in ("single", "hosts")]
+  assert metrics[0]["images"] == metrics[1]["images"] == 4
+  assert metrics[1]["dice"] == pytest.approx(metrics[0]["dice"], abs=0.01)
+  assert metrics[1]["loss"] == pytest.approx(metrics[0]["loss"], rel=1e-4)
 
 
 def test_a_dead_host_stops_the_others_in_bounded_time(tiny_fmnist_data_dir,

@@ -174,7 +174,7 @@ def _main_command(workdir, data_dir):
   return [sys.executable, "-m", "big_transfer_med.main",
           f"--config={test_main.CONFIG}:probe=no", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.total_epochs=0",
-          "--config.total_steps=12", "--config.batch_size=8",
+          "--config.total_steps=8", "--config.batch_size=8",
           "--config.schedule.warmup_epochs=0", "--config.schedule.warmup_steps=2",
           "--config.checkpoint.every_steps=1", "--config.checkpoint.keep=2",
           "--config.log_every_steps=1"]
@@ -229,11 +229,7 @@ def test_crash_or_preemption_then_resume_is_the_uninterrupted_run(
   _signal_when(_start(command), signal.SIGKILL, lambda: _saving(crashed))
   leftovers = _saving(crashed)
   assert leftovers, "the kill should land during a save"
-  latest = _checkpoint_steps(crashed)[-1]
-  # 2. Killed at an arbitrary moment between steps, after two more saves.
-  _signal_when(_start(command), signal.SIGKILL,
-               lambda: (_checkpoint_steps(crashed) or [0])[-1] >= latest + 2)
-  # 3. Preempted (SIGTERM) after one more save: it saves the next step and
+  # 2. Preempted (SIGTERM) after one more save: it saves the next step and
   # exits with EXIT_PREEMPTED.
   latest = _checkpoint_steps(crashed)[-1]
   preempted = _start(command)
@@ -244,8 +240,8 @@ def test_crash_or_preemption_then_resume_is_the_uninterrupted_run(
   step = _checkpoint_steps(crashed)[-1]
   assert message == (f"Preempted (SIGTERM): saved a checkpoint at step {step}; "
                      "run the same command to continue from it.")
-  assert step < 12
-  # 4. Run to the end.
+  assert step < 8
+  # 3. Run to the end.
   result = subprocess.run(command, cwd=test_main.REPO, capture_output=True,
                           text=True, env=dict(os.environ,
                                               PYTHONPATH=test_main.REPO))
@@ -258,7 +254,7 @@ def test_crash_or_preemption_then_resume_is_the_uninterrupted_run(
   jax.tree.map(np.testing.assert_array_equal, a, b)  # Bit for bit.
   # The same data in the same order: every step's loss is the same.
   assert _train_losses(whole) == _train_losses(crashed)
-  assert sorted(_train_losses(crashed)) == list(range(1, 13))
+  assert sorted(_train_losses(crashed)) == list(range(1, 9))
 
 
 def test_undecodable_image_at_training_time_is_named(tiny_fmnist_data_dir,

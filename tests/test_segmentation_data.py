@@ -1,16 +1,15 @@
 """Segmentation data as released: SIIM-ACR's run-length encoding, and the
 Montgomery and SIIM builders on generated files in the releases' layouts."""
-import csv
 import os
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from input_pipeline import errors
 from input_pipeline import masks
 from input_pipeline.datasets import cxr_segmentation  # noqa: F401
+from tests import segmentation_fixtures
 
 
 def test_siim_rle_is_relative_and_column_major():
@@ -31,11 +30,6 @@ def test_siim_rle_is_relative_and_column_major():
       masks.decode_siim_rle(bad, 3, 4)
 
 
-def _png(path, array):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(array).save(path)
-
-
 def _build(name, manual_dir, data_dir):
   builder = tfds.builder(name, data_dir=str(data_dir))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -52,14 +46,14 @@ def _montgomery(root, count=10, size=(30, 40)):
   for i in range(count):
     name = f"MCUCXR_{i + 1:04d}_{i % 2}.png"
     height, width = size if i else (600, 520)  # One to downscale.
-    _png(root / "MontgomerySet" / "CXR_png" / name,
+    segmentation_fixtures.write_png(root / "MontgomerySet" / "CXR_png" / name,
          rng.integers(0, 256, (height, width), dtype=np.uint8))
     left = np.zeros((height, width), np.uint8)
     right = np.zeros((height, width), np.uint8)
     left[height // 4:3 * height // 4, width // 8:width // 2] = 255
     right[height // 5:height // 2, width // 2:7 * width // 8] = 255
-    _png(root / "MontgomerySet" / "ManualMask" / "leftMask" / name, left)
-    _png(root / "MontgomerySet" / "ManualMask" / "rightMask" / name, right)
+    segmentation_fixtures.write_png(root / "MontgomerySet" / "ManualMask" / "leftMask" / name, left)
+    segmentation_fixtures.write_png(root / "MontgomerySet" / "ManualMask" / "rightMask" / name, right)
     unions[name] = ((left | right) > 0).astype(np.uint8)
   return unions
 
@@ -74,6 +68,7 @@ def test_montgomery_builds_images_with_their_joined_lung_masks(tmp_path):
     mask = example["mask"][..., 0]
     assert mask.shape == example["image"].shape[:2]
     assert set(np.unique(mask)) <= {0, 1}
+    assert example["mask_pixels"].tolist() == [int(mask.sum())]
     if mask.shape == unions[name].shape:
       np.testing.assert_array_equal(mask, unions[name])
     else:  # 600 x 520 -> 591 x 512, nearest neighbour.
@@ -91,41 +86,10 @@ def test_a_missing_or_misshapen_mask_names_the_file(tmp_path):
   with pytest.raises(errors.DataError,
                      match=r"rightMask/MCUCXR_0003_0\.png is missing"):
     _build("cxr_montgomery_lungs", tmp_path / "manual", tmp_path / "a")
-  _png(str(right / "MCUCXR_0003_0.png"), np.zeros((10, 10), np.uint8))
+  segmentation_fixtures.write_png(str(right / "MCUCXR_0003_0.png"), np.zeros((10, 10), np.uint8))
   with pytest.raises(errors.DataError,
                      match=r"the masks of .*MCUCXR_0003_0\.png differ in size"):
     _build("cxr_montgomery_lungs", tmp_path / "manual", tmp_path / "b")
-
-
-def _dicom(path, pixels):
-  from pydicom.dataset import Dataset, FileMetaDataset  # pylint: disable=g-import-not-at-top
-  from pydicom import uid  # pylint: disable=g-import-not-at-top
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = uid.SecondaryCaptureImageStorage
-  meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-  meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-  ds = Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID, ds.SOPInstanceUID = (meta.MediaStorageSOPClassUID,
-                                       meta.MediaStorageSOPInstanceUID)
-  ds.Modality, ds.PatientID = "CR", os.path.basename(path)[:-4]
-  ds.Rows, ds.Columns = pixels.shape
-  ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-  ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-  ds.PixelRepresentation = 0
-  ds.PixelData = pixels.tobytes()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  ds.save_as(path, enforce_file_format=True)
-
-
-def _encode(mask):
-  """Column-major relative runs (the release's encoding), written here
-  independently of the decoder: positions of run starts and ends."""
-  flat = np.r_[0, mask.T.reshape(-1), 0]
-  changes = np.flatnonzero(np.diff(flat))
-  starts, ends = changes[0::2], changes[1::2]
-  gaps = starts - np.r_[0, ends[:-1]]
-  return " ".join(f"{g} {e - s}" for g, s, e in zip(gaps, starts, ends))
 
 
 def test_siim_builds_dicoms_with_merged_rle_masks(tmp_path):
@@ -134,23 +98,18 @@ def test_siim_builds_dicoms_with_merged_rle_masks(tmp_path):
   the union of its rows, aligned with its DICOM."""
   root = tmp_path / "manual"
   rng = np.random.default_rng(1)
-  expected, rows = {}, []
+  images = rng.integers(0, 256, (10, 24, 20), dtype=np.uint8)
+  regions = []
   for i in range(10):
-    image_id = f"1.2.276.0.7230010.3.1.4.8323329.{1000 + i}.1517875166.{i}"
-    pixels = rng.integers(0, 256, (24, 20), dtype=np.uint8)
-    _dicom(str(root / "dicom-images-train" / f"1.2.{i}" / f"1.3.{i}" /
-               f"{image_id}.dcm"), pixels)
-    regions = []
+    regions.append([])
     for r in range(i % 3):  # 0, 1 or 2 regions.
       region = np.zeros((24, 20), np.uint8)
       region[2 + 10 * r:6 + 10 * r, 3 + r:15] = 1
-      regions.append(region)
-    rows += [(image_id, _encode(m)) for m in regions] or [(image_id, "-1")]
-    expected[image_id] = (pixels, sum(regions, np.zeros((24, 20), np.uint8)))
-  with open(root / "train-rle.csv", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["ImageId", " EncodedPixels"])
-    writer.writerows((image_id, " " + encoded) for image_id, encoded in rows)
+      regions[-1].append(region)
+  rows = segmentation_fixtures.write_siim(root, images, regions)
+  expected = {image_id: (images[i], sum(regions[i], np.zeros((24, 20),
+                                                               np.uint8)))
+              for i, image_id in enumerate(dict.fromkeys(r[0] for r in rows))}
   splits = _build("cxr_siim_pneumothorax", root, tmp_path / "tfds")
   examples = sum(splits.values(), [])
   assert len(examples) == 10 and len(splits["train"]) == 8

@@ -1,19 +1,12 @@
 """Dice and IoU (segmentation_metrics) against an independent NumPy
 computation on boolean masks, on generated masks and on the real lung masks
 in the torchxrayvision wheel (REFERENCE: 517 binary masks, 0/255 PNG)."""
-import io
-import zipfile
-
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from big_transfer_med import segmentation_metrics
-from tests import txrv_metadata
-
-LUNG_MASKS = "torchxrayvision/data/semantic_masks_v7labs_lungs.zip"
-
+from tests import segmentation_fixtures
 
 def _reference(predicted, target, valid):
   """Mean over valid images of Dice / IoU per class, straight from the
@@ -61,6 +54,12 @@ def test_dice_and_iou_match_the_definitions_with_padding_and_empty_masks():
                              rtol=1e-12)
   assert result["dice"] == pytest.approx(dice.mean())
   assert result["iou"] == pytest.approx(iou.mean())
+  kept = valid > 0
+  pooled = [2 * np.logical_and(predicted[kept, ..., c], target[kept, ..., c]
+                               ).sum() / (predicted[kept, ..., c].sum()
+                                          + target[kept, ..., c].sum())
+            for c in range(2)]
+  assert result["dice_pooled"] == pytest.approx(np.mean(pooled), rel=1e-12)
   per_image_dice, per_image_iou = segmentation_metrics.per_image(
       *(jax.device_get(segmentation_metrics.overlap_counts(logits, target))[k]
         for k in ("intersection", "predicted", "target")))
@@ -73,25 +72,10 @@ def test_dice_and_iou_match_the_definitions_with_padding_and_empty_masks():
   assert zero["dice"] == 0.0
 
 
-def _real_lung_masks(count, size=96):
-  with zipfile.ZipFile(txrv_metadata.wheel_path()) as wheel:
-    inner = zipfile.ZipFile(io.BytesIO(wheel.read(LUNG_MASKS)))
-  names = sorted(n for n in inner.namelist() if not n.endswith("/"))
-  masks = []
-  for name in names:
-    with Image.open(io.BytesIO(inner.read(name))) as image:
-      array = np.asarray(image.convert("L").resize((size, size),
-                                                   Image.NEAREST))
-    if array.max() > 0:
-      masks.append(array > 127)
-    if len(masks) == count:
-      return np.stack(masks)[..., None]
-
-
 def test_real_lung_masks_against_shifted_copies():
   """Real lung masks against copies shifted by 0-12 pixels: Dice and IoU as
   the definitions give them, 1 for no shift, falling as the shift grows."""
-  masks = _real_lung_masks(8)
+  masks = segmentation_fixtures.real_lung_masks(8)
   valid = np.ones(len(masks))
   previous = 1.0 + 1e-9
   for shift in (0, 3, 6, 12):

@@ -263,7 +263,8 @@ def test_paper_presets_cover_the_papers_grid_and_numbers():
   the paper's shots per target) and carry its headline numbers."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   specs = {}
-  for name in ("seed_natural", "seed_medical", "benchmark_classification"):
+  for name in ("seed_natural", "seed_medical", "benchmark_classification",
+               "benchmark_segmentation"):
     loader = importlib.util.spec_from_file_location(
         name, os.path.join(REPO, "configs", "studies", f"{name}.py"))
     module = importlib.util.module_from_spec(loader)
@@ -304,6 +305,24 @@ def test_paper_presets_cover_the_papers_grid_and_numbers():
   for job in jobs[:: 2 * 5]:
     config = config_lib.load_config_file(f"{benchmark.config}:{job.config_arg}")
     assert config.recipe == "benchmark" and config.optim.name == "adam"
+    config_validation.validate(config)
+  # Its segmentation grid: a U-Net, pooled Dice, the table's numbers.
+  segmentation = specs["benchmark_segmentation"]
+  jobs = study.expand(segmentation)
+  assert {j.target for j in jobs} == {"montgomery_lungs", "siim_pneumothorax"}
+  assert {"scratch", "imagenet", "nih", "chexpert", "swav"} <= {
+      j.source for j in jobs}
+  assert len(jobs) == 19 * 2 * 5
+  paper = dict(segmentation.paper)
+  assert paper[study.paper_key("siim_pneumothorax", "imagenet_nih",
+                               "resnet50", 0)] == 69.52
+  assert paper[study.paper_key("montgomery_lungs", "scratch", "resnet50",
+                               0)] == 97.55
+  for job in jobs[:: 19 * 5]:
+    config = config_lib.load_config_file(
+        f"{segmentation.config}:{job.config_arg}")
+    assert config.task == "segmentation" and config.loss == "dice"
+    assert config.primary_metric == "dice_pooled"
     config_validation.validate(config)
 
 

@@ -69,8 +69,9 @@ def test_study_spec_paths_are_made_absolute(tmp_path, monkeypatch):
 
 def test_main_with_relative_paths_from_another_directory(
     tiny_fmnist_data_dir, tmp_path):
-  """Save, resume and init.checkpoint, all from relative paths (orbax needs
-  absolute ones), run from a directory that is not the repository."""
+  """Save and init.checkpoint from relative paths (orbax needs absolute
+  ones), run from a directory that is not the repository. (A resume reads
+  the workdir made absolute by the same first line of the trainer.)"""
   cwd = tmp_path / "elsewhere"
   cwd.mkdir()
   data_dir = os.path.relpath(tiny_fmnist_data_dir, cwd)
@@ -85,12 +86,6 @@ def test_main_with_relative_paths_from_another_directory(
   assert (cwd / "runs" / "up" / "checkpoints" / "2").is_dir()
   saved = json.loads((cwd / "runs" / "up" / "config.json").read_text())
   assert saved["data"]["data_dir"] == tiny_fmnist_data_dir
-
-  resumed = _run("big_transfer_med.main", *common, "--workdir=runs/up",
-                 "--config.total_steps=3", "--allow_config_change", cwd=cwd)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "Resumed from the checkpoint at step 2" in resumed.stderr
-  assert (cwd / "runs" / "up" / "checkpoints" / "3").is_dir()
 
   finetuned = _run("big_transfer_med.main", *common, "--workdir=runs/ft",
                    "--config.total_steps=1",
@@ -107,7 +102,10 @@ def test_every_base_config_key_has_exactly_one_rule():
   keys = {k for k in config_validation.flat_items(config_lib.base_config())
           if not k.startswith("evals.")}
   assert keys == set(config_validation.RULES)
-  for settings in (config_lib.classification_eval(), config_lib.fewshot_eval()):
+  evals = (config_lib.classification_eval(), config_lib.segmentation_eval(),
+           config_lib.fewshot_eval())
+  assert {e.type for e in evals} == set(config_validation.EVAL_RULES)
+  for settings in evals:
     assert set(settings) == set(config_validation.EVAL_RULES[settings.type])
 
 
@@ -155,7 +153,7 @@ def _valid_config():
     ("loss", "hinge"), ("primary_metric", "f1"), ("on_nonfinite", "ignore"),
     ("init.dont_load", ("head/[",)), ("evals.probe.shots", (0, 5)),
     ("evals.probe.l2_reg", 0.0), ("evals.val.every_steps", -1),
-    ("evals.val.type", "segmentation"), ("seed", -1), ("optim.agc_eps", 0.0),
+    ("evals.val.type", "detection"), ("seed", -1), ("optim.agc_eps", 0.0),
 ])
 def test_bad_values_are_refused_naming_key_and_allowed(key, value):
   c = _valid_config()

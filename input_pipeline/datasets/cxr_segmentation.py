@@ -2,7 +2,7 @@
 SIIM-ACR pneumothorax, as released.
 
 Each example holds the grey image and its mask ('mask': uint8 [H, W, 1],
-0/1), stored at the same size: images downscaled with area interpolation,
+0/1; 'mask_pixels': its foreground pixel count), stored at the same size: images downscaled with area interpolation,
 masks with nearest-neighbour (configs 'default': shorter side <= 512 px,
 'px1024': <= 1024). A mask that is missing or of another size than its
 image stops the build, naming the file: masks are the labels.
@@ -51,6 +51,10 @@ class _CxrSegmentationBuilder(base.ArrayRecordBuilderMixin,
                                          encoding_format="png"),
             "mask": tfds.features.Image(shape=(None, None, 1),
                                         encoding_format="png"),
+            # Foreground pixels of each class in the stored mask: which
+            # images show the class, without decoding masks (few-shot).
+            "mask_pixels": tfds.features.Tensor(
+                shape=(len(self.CLASS_NAMES),), dtype=np.int64),
             "patient_id": tfds.features.Text(),
             "source_path": tfds.features.Text(),
         }),
@@ -73,9 +77,11 @@ class _CxrSegmentationBuilder(base.ArrayRecordBuilderMixin,
             f"{mask.shape[1]}x{mask.shape[0]} px, its image "
             f"{image.shape[1]}x{image.shape[0]}: fix or restore the mask.")
       image = np.round(image * 255).astype(np.uint8)
+      mask = cxr_common.downscale(mask, size, "nearest")
       yield row["source_path"], dict(
-          row, image=cxr_common.downscale(image, size),
-          mask=cxr_common.downscale(mask, size, "nearest"))
+          row, image=cxr_common.downscale(image, size), mask=mask,
+          mask_pixels=np.count_nonzero(mask.reshape(-1, mask.shape[-1]),
+                                       axis=0).astype(np.int64))
 
 
 # Montgomery County: MCUCXR_0001_0.png (_1 = tuberculosis), masks of the
