@@ -43,6 +43,23 @@ def eval_step(variables, batch, *, model, loss_fn, multi_label: bool,
   return out
 
 
+def one_pass(batches, step, variables):
+  """Runs `step` over every batch: (the sum of its 'sums' over batches, its
+  'outputs' (if any) of every example of every host in order, or None).
+  Both stay on the devices until the pass is over: one transfer (and one
+  gather across hosts) per evaluation, none per batch."""
+  totals, outputs = None, []
+  for batch in parallel.prefetch(iter(batches)):
+    out = step(variables, batch)
+    totals = out["sums"] if totals is None else jax.tree.map(
+        jnp.add, totals, out["sums"])
+    if "outputs" in out:
+      outputs.append(out["outputs"])
+  # Every device holds the sums.
+  return (parallel.unreplicate(totals),
+          parallel.gather_batches(outputs) if outputs else None)
+
+
 class ClassificationEvaluator:
   """Loss and accuracy (single-label) over one pass of the run's eval split
   (config.data.eval_split); with `per_class`, ROC-AUC and average precision
@@ -60,23 +77,13 @@ class ClassificationEvaluator:
         multi_label=bool(data.multi_label), per_class=bool(settings.per_class))
 
   def run(self, variables) -> Dict[str, Any]:
-    # Sums and outputs stay on the devices until the pass is over: one
-    # transfer (and one gather across hosts) per evaluation, none per batch.
-    totals, outputs = None, []
-    for batch in parallel.prefetch(iter(self._batches)):
-      out = self._step(variables, batch)
-      totals = out["sums"] if totals is None else jax.tree.map(
-          jnp.add, totals, out["sums"])
-      if "outputs" in out:
-        outputs.append(out["outputs"])
-    totals = parallel.unreplicate(totals)  # Every device holds the sums.
+    totals, outputs = one_pass(self._batches, self._step, variables)
     result = {"loss": totals["loss"] / max(totals["loss_count"], 1),
               "examples": totals["examples"]}
     if "correct" in totals:
       result["accuracy"] = totals["correct"] / max(totals["examples"], 1)
     result = {k: float(v) for k, v in result.items()}
-    if outputs:
-      outputs = parallel.gather_batches(outputs)
+    if outputs is not None:
       valid = outputs["mask"] > 0
       per_class = metrics.classification_metrics(
           outputs["scores"][valid], outputs["labels"][valid],
@@ -92,10 +99,9 @@ def segmentation_eval_step(variables, batch, *, model, loss_fn):
   logits = model.apply(variables, batch["image"], train=False)
   total, count = loss_fn(logits, batch["labels"], batch["mask"])
   sums = {"loss": total, "loss_count": count}
-  return {"sums": parallel.sum_over_devices(sums),
-          "counts": segmentation_metrics.overlap_counts(logits,
-                                                        batch["labels"]),
-          "mask": batch["mask"]}
+  return {"sums": parallel.sum_over_devices(sums), "outputs": {
+      "counts": segmentation_metrics.overlap_counts(logits, batch["labels"]),
+      "mask": batch["mask"]}}
 
 
 class SegmentationEvaluator:
@@ -114,14 +120,7 @@ class SegmentationEvaluator:
         loss_fn=losses.get_loss(config.loss))
 
   def run(self, variables) -> Dict[str, Any]:
-    totals, outputs = None, []
-    for batch in parallel.prefetch(iter(self._batches)):
-      out = self._step(variables, batch)
-      totals = out["sums"] if totals is None else jax.tree.map(
-          jnp.add, totals, out["sums"])
-      outputs.append({"counts": out["counts"], "mask": out["mask"]})
-    totals = parallel.unreplicate(totals)
-    outputs = parallel.gather_batches(outputs)
+    totals, outputs = one_pass(self._batches, self._step, variables)
     result = segmentation_metrics.scores(outputs["counts"], outputs["mask"],
                                          self.class_names)
     result["loss"] = float(totals["loss"] / max(totals["loss_count"], 1))

@@ -233,8 +233,9 @@ def resolve_config(config, data) -> ml_collections.ConfigDict:
 def _check_task(config, data) -> None:
   """config.task and config.loss fit the data (masks or labels)."""
   if config.task != data.task:
+    named = "+".join(config.data.sources) or config.data.name
     raise errors.ConfigError(
-        f"config.task={config.task!r} but {config.data.name} is "
+        f"config.task={config.task!r} but {named} is "
         f"{data.task} data: set config.task={data.task!r} (and a "
         f"{data.task} evaluator and loss).")
   if config.task == "segmentation":
@@ -318,8 +319,8 @@ def _keep_if_best(best, step: int, results, state) -> None:
 
 
 def _summary(config, data, results, state, init_report) -> Dict[str, Any]:
-  """What results.json holds: the classification evaluator's metrics as
-  `metrics`, the few-shot probes' as `fewshot`, and what the run was."""
+  """What results.json holds: the main (classification or segmentation)
+  evaluator's metrics as `metrics`, the few-shot probes' as `fewshot`, and what the run was."""
   c = config.data
   name, _ = _main_eval(config)
   target = (f"{'+'.join(c.sources)}:{c.label_set}" if c.sources else c.name)

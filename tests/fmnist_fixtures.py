@@ -59,10 +59,15 @@ def tiny_config(data_dir: str, **overrides):
   c.log_every_steps = 1
   c.evals.val.every_steps = 0
   c.checkpoint.every_steps = 2
-  for key, value in overrides.items():
-    node = c
+  return override(c, **overrides)
+
+
+def override(config, **values):
+  """`config` with values['a.b'] set at config.a.b (like --config.a.b)."""
+  for key, value in values.items():
+    node = config
     *parents, leaf = key.split(".")
     for p in parents:
       node = node[p]
     node[leaf] = value
-  return c
+  return config

@@ -36,8 +36,14 @@ def real_lung_masks(count: int, size: int = 96) -> np.ndarray:
 
 def radiograph_of(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """A uint8 picture with dark lungs where `mask` [H, W] is set, bright
-  tissue elsewhere and noise on both: learnable, as real radiographs are."""
-  base = np.where(mask, 70.0, 170.0) + rng.normal(0, 25, mask.shape)
+  tissue elsewhere, smooth shading (noise at 1/8 of the size, bilinearly
+  enlarged) and fine grain on both: learnable, as real radiographs are."""
+  height, width = mask.shape
+  coarse = rng.normal(0, 20, (max(2, height // 8), max(2, width // 8)))
+  shading = np.asarray(Image.fromarray(coarse.astype(np.float32), "F").resize(
+      (width, height), Image.BILINEAR))
+  base = (np.where(mask, 70.0, 170.0) + shading
+          + rng.normal(0, 8, mask.shape))
   return np.clip(base, 0, 255).astype(np.uint8)
 
 

@@ -17,20 +17,15 @@ from big_transfer_med import run_dir
 from big_transfer_med import train
 from input_pipeline import errors
 from input_pipeline import pipeline
+from tests import fmnist_fixtures
 
 TRANSFER = os.path.join(os.path.dirname(__file__), "..", "configs",
                         "transfer.py")
 
 
 def _config(arg: str, **overrides):
-  c = config_lib.load_config_file(f"{TRANSFER}:{arg}")
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return c
+  return fmnist_fixtures.override(
+      config_lib.load_config_file(f"{TRANSFER}:{arg}"), **overrides)
 
 
 def _dice(a, b):
