@@ -166,7 +166,7 @@ def test_batch_statistics_are_those_of_the_global_batch():
 def test_registry_builds_torchvision_shapes():
   """resnet50: 25,557,032 parameters as torchvision's (with 1000 classes);
   wide_resnet50_2: 68,883,240; resnet18: 11,689,512; resnet50x2's first
-  stage is twice as wide."""
+  stage is twice as wide; the U-Nets have smp's counts."""
   counts = {}
   for name in ("resnet18", "resnet50", "wide_resnet50_2", "resnet50x2"):
     shapes = jax.eval_shape(models.get_model(name, 1000).init,
@@ -178,6 +178,13 @@ def test_registry_builds_torchvision_shapes():
   assert counts["resnet18"] == 11_689_512
   assert counts["resnet50"] == 25_557_032
   assert counts["wide_resnet50_2"] == 68_883_240
+  # The U-Nets: segmentation_models_pytorch 0.6.0's Unet(encoder,
+  # classes=1) has 14,328,209 (resnet18) and 32,521,105 (resnet50)
+  # parameters (BatchNorm's running averages not counted).
+  for name, smp_count in (("resnet18", 14_328_209), ("resnet50", 32_521_105)):
+    shapes = jax.eval_shape(models.get_model(name, 1, task="segmentation").init,
+                            jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == smp_count
   assert models.uses_batch_norm("resnet50")
   assert not models.uses_batch_norm("R50x1")
   with pytest.raises(errors.ConfigError, match="resnet50"):
@@ -356,3 +363,70 @@ def test_unet_on_either_encoder_loads_a_classifier_checkpoint(tmp_path, name):
   with pytest.raises(errors.ConfigError, match="multiples of 32"):
     jax.eval_shape(unet.init, jax.random.key(0),
                    np.zeros((1, 48, 48, 3), np.float32))
+
+
+def _smp_to_ours(state_dict):
+  """segmentation_models_pytorch Unet state dict -> our variables (written
+  here from smp's module names, independently of our loader)."""
+  import re  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  flat = {}
+  for key, value in state_dict.items():
+    if key.endswith("num_batches_tracked"):
+      continue
+    value = value.numpy()
+    module, leaf = key.rsplit(".", 1)
+    decoder = re.match(r"decoder\.blocks\.(\d+)\.conv(\d)\.(\d)$", module)
+    if decoder:
+      block, conv, part = decoder.groups()
+      module = (f"decoder/block{int(block) + 1}_"
+                f"{'conv' if part == '0' else 'bn'}{conv}")
+    elif module == "segmentation_head.0":
+      module = "head"
+    else:
+      module = re.sub(r"^layer(\d)\.(\d+)\.", r"layer\1_\2/",
+                      module.removeprefix("encoder."))
+      module = module.replace("downsample.0", "downsample_conv").replace(
+          "downsample.1", "downsample_bn")
+    if value.ndim == 4:
+      flat[("params", *module.split("/"), "kernel")] = value.transpose(
+          2, 3, 1, 0)
+    elif module == "head":
+      flat[("params", "head", leaf)] = value
+    else:
+      collection, name = {"weight": ("params", "scale"),
+                          "bias": ("params", "bias"),
+                          "running_mean": ("batch_stats", "mean"),
+                          "running_var": ("batch_stats", "var")}[leaf]
+      flat[(collection, *module.split("/"), name)] = value
+  return traverse_util.unflatten_dict(flat)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_unet_gives_segmentation_models_pytorch_logits(name):
+  """Where segmentation_models_pytorch is installed: its Unet(name,
+  classes=2) with random weights and BatchNorm statistics, mapped onto our
+  U-Net, gives its eval-mode logits (relative error < 1e-4, float32)."""
+  torch = pytest.importorskip("torch")
+  smp = pytest.importorskip("segmentation_models_pytorch")
+  torch.manual_seed(0)
+  net = smp.Unet(name, encoder_weights=None, classes=2).eval()
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.uniform_(-0.3, 0.3)
+        module.running_var.uniform_(0.5, 1.5)
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.2, 0.2)
+  images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(
+      np.float32)
+  ours = models.get_model(name, 2, task="segmentation",
+                          conv_lowering="native")
+  variables = _smp_to_ours(net.state_dict())
+  template = jax.eval_shape(ours.init, jax.random.key(0), images)
+  assert (jax.tree.structure(jax.tree.map(np.shape, variables))
+          == jax.tree.structure(jax.tree.map(lambda s: s.shape, template)))
+  with torch.no_grad():
+    theirs = net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  logits = np.asarray(ours.apply(variables, images, train=False))
+  assert _rel_error(logits, theirs.transpose(0, 2, 3, 1)) < 1e-4
