@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Sequence
 import ml_collections
 from flax import traverse_util
 
+from big_transfer_med import evaluators
 from big_transfer_med import losses
 from big_transfer_med import models
 from big_transfer_med import optim
@@ -289,8 +290,8 @@ def _check_together(values: Dict[str, Any], resolved: bool) -> None:
           "are per RGB channel)")
   if values["checkpoint.best_metric"]:
     name, metric = values["checkpoint.best_metric"].split("/")
-    if values.get(f"evals.{name}.type") not in (
-        "classification", "segmentation") or metric not in PRIMARY_METRICS[1:]:
+    if values.get(f"evals.{name}.type") not in evaluators.MAIN_TYPES or (
+        metric not in PRIMARY_METRICS[1:]):
       _fail("checkpoint.best_metric", values["checkpoint.best_metric"],
             f"'<evaluator>/<metric>' with a classification or segmentation "
             f"evaluator of config.evals and a metric in "

@@ -127,16 +127,17 @@ class SegmentationEvaluator:
     return result
 
 
-# The metrics an evaluator type reports as a run's `metrics` (the first
-# evaluator of these types is the run's main one; config.primary_metric
-# and checkpoint.best_metric name one of these).
 def reported_metrics(settings: ml_collections.ConfigDict, data) -> list:
+  """The metrics a main evaluator (MAIN_TYPES) with `settings` reports as
+  a run's `metrics`: config.primary_metric and checkpoint.best_metric name
+  one of these."""
   if settings.type == "segmentation":
     return ["loss", "dice", "iou", "dice_pooled"]
   return (["loss"] + ([] if data.multi_label else ["accuracy"])
           + (["mean_auc", "map"] if settings.per_class else []))
 
 
+# The first evaluator of these types is the run's main one.
 MAIN_TYPES = ("classification", "segmentation")
 
 EVALUATORS = {"classification": ClassificationEvaluator,

@@ -42,8 +42,7 @@ def export(workdir: str, out: str, fmt: str = "npz") -> str:
         ("a .npz file." if fmt == "npz" else
          "a PyTorch file: give a name ending in .pth, .pt or .pth.tar."))
   path, choice = run_dir.split_choice(workdir)
-  if run_dir.load_config(paths.absolute(path)).get(
-      "task", "classification") != "classification":
+  if run_dir.load_config(paths.absolute(path)).task != "classification":
     raise errors.ConfigError(
         f"--workdir={workdir!r} is a segmentation run: export writes "
         "classifiers only (BiT formats); use the workdir itself as "

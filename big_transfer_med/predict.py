@@ -45,10 +45,10 @@ def predict(workdir: str, image_paths: Sequence[str],
   config = run_dir.load_config(workdir)
   labels = run_dir.load_labels(workdir)
   names = labels["label_names"]
-  segmentation = config.get("task", "classification") == "segmentation"
+  task = config.task  # load_config fills it for runs from before the key.
+  segmentation = task == "segmentation"
   variables = run_dir.load_variables(workdir)
-  model = models.from_config(config.model, len(names),
-                             task=config.get("task", "classification"))
+  model = models.from_config(config.model, len(names), task=task)
   # Variables are an argument, not constants folded into the executable.
   apply = jax.jit(lambda v, images: model.apply(v, images, train=False))
   if segmentation:

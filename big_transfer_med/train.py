@@ -320,7 +320,8 @@ def _keep_if_best(best, step: int, results, state) -> None:
 
 def _summary(config, data, results, state, init_report) -> Dict[str, Any]:
   """What results.json holds: the main (classification or segmentation)
-  evaluator's metrics as `metrics`, the few-shot probes' as `fewshot`, and what the run was."""
+  evaluator's metrics as `metrics`, the few-shot probes' as `fewshot`, and
+  what the run was."""
   c = config.data
   name, _ = _main_eval(config)
   target = (f"{'+'.join(c.sources)}:{c.label_set}" if c.sources else c.name)

@@ -141,7 +141,8 @@ def _apply_benchmark_recipe(c, args) -> None:
     c.data.resolution = c.data.resize = 224
     c.data.augment = "none"
     # About every 5 epochs of Montgomery (110 images), or 1.5 of SIIM.
-    c.evals.val.every_steps = 20 if c.data.name == "cxr_montgomery_lungs" else 500
+    c.evals.val.every_steps = (20 if c.data.name == "cxr_montgomery_lungs"
+                               else 500)
 
 
 def get_config(arg: str = ""):
