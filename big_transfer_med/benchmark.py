@@ -9,12 +9,16 @@ r"""Benchmarks: one JSON line per measurement.
       --config=configs/r50x1_chest.py:sources=nih14 --config.data.data_dir=DIR
   python -m big_transfer_med.benchmark --what=startup \
       --startup_rows=20000,100000,377000 --startup_image_sizes=16,384
+  python -m big_transfer_med.benchmark --what=train,timm --model=R50x1 \
+      --resolution=128 --batch_size=16 --xla_cpu=default,onednn,xnnpack
 
 Measurements (`--what`, comma-separated):
   peak    dense matmul FLOP/s of one device in --precision (the MFU
           denominator);
   train   the trainer's pmapped train step on random data: step time,
           images/s, GFLOPs per image (XLA cost analysis), FLOP/s and MFU;
+          with --xla_cpu=A,B,...: under each XLA:CPU kernel option
+          (xla_cpu.py), each in a fresh process, alternating over --rounds;
   memory  the train step's device memory (XLA memory analysis of the
           compiled step; compiles only, so any size can be asked for);
   fit     what fits on devices of --device_memory: the largest per-device
@@ -48,6 +52,8 @@ Measurements (`--what`, comma-separated):
 device), --precision, --channels, --num_classes (`fit` all but the batch
 and precision); `input`, `e2e`, `eval` and
 `seed_input` take them from --config. The peers need requirements-peers.txt.
+peak, train and memory need no TensorFlow (an accelerator machine with only
+JAX: README, "Accelerators").
 """
 import functools
 import glob
@@ -56,6 +62,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any, Dict, List, Sequence
@@ -78,7 +86,9 @@ from big_transfer_med import optim
 from big_transfer_med import parallel
 from big_transfer_med import paths
 from big_transfer_med import peers
-from big_transfer_med import train
+from big_transfer_med import train_state
+from big_transfer_med import xla_cpu
+from input_pipeline import choices
 from input_pipeline import errors
 
 FLAGS = flags.FLAGS
@@ -99,7 +109,8 @@ def _device() -> Dict[str, Any]:
   d = jax.local_devices()[0]
   return {"platform": d.platform, "device_kind": d.device_kind,
           "local_devices": jax.local_device_count(),
-          "cpu_cores": os.cpu_count()}
+          "cpu_cores": os.cpu_count(),
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -140,7 +151,7 @@ def _parts(model_name: str, num_classes: int, loss: str,
                            bn_axis_name=parallel.AXIS, task=task)
   schedule = optim.create_schedule(0.01, 1_000_000)
   optimizer = optim.create_optimizer(schedule, weight_decay=1e-4)
-  step_fn = functools.partial(train.train_step, model=model,
+  step_fn = functools.partial(train_state.train_step, model=model,
                               loss_fn=losses.get_loss(loss),
                               optimizer=optimizer, schedule=schedule,
                               accum_steps=accum_steps)
@@ -182,7 +193,7 @@ def train_step_speed(model_name: str, resolution: int, per_device_batch: int,
                                      TASK_LOSSES[task], precision,
                                      conv_lowering, task=task)
   image_shape = (resolution, resolution, channels)
-  state = parallel.replicate(train.create_train_state(
+  state = parallel.replicate(train_state.create_train_state(
       config_lib.base_config(), model, optimizer, image_shape))
   step = _pmapped(step_fn)
   batch = _random_batch(per_device_batch, image_shape, num_classes, task)
@@ -214,6 +225,61 @@ def train_step_speed(model_name: str, resolution: int, per_device_batch: int,
   return emit(record)
 
 
+def train_step_speed_per_xla_option(options: Sequence[str], rounds: int,
+                                    model_name: str, resolution: int,
+                                    per_device_batch: int, steps: int,
+                                    conv_lowering: str = "auto",
+                                    task: str = "classification",
+                                    **shape_args) -> List[Dict[str, Any]]:
+  """The train step under each XLA:CPU option (xla_cpu.OPTIONS), each run in
+  a fresh process (XLA reads its flags once per process), the options
+  alternating over `rounds` so that the machine's drift spreads over all of
+  them; one record per option with the median images/s. An option whose
+  process fails is reported with its error, and the others go on."""
+  args = [f"--model={model_name}", f"--resolution={resolution}",
+          f"--batch_size={per_device_batch}", f"--steps={steps}",
+          f"--conv_lowering={conv_lowering}", f"--task={task}",
+          *(f"--{k}={v}" for k, v in shape_args.items())]
+  runs = {name: [] for name in options}
+  run_flags, failures = {}, {}
+  for _ in range(rounds):
+    for name in options:
+      if name in failures:
+        continue
+      env = dict(os.environ, XLA_FLAGS=xla_cpu.xla_flags(name))
+      done = subprocess.run(
+          [sys.executable, "-m", "big_transfer_med.benchmark", "--what=train",
+           *args], env=env, capture_output=True, text=True, check=False)
+      records = [json.loads(line) for line in done.stdout.splitlines()
+                 if line.startswith("{")]
+      if done.returncode or not records:
+        lines = [l for l in done.stderr.splitlines() if l.strip()]
+        failures[name] = (f"exit {done.returncode}: "
+                          + next((l for l in lines if "rror" in l),
+                                 lines[-1] if lines else "no output"))
+      else:
+        runs[name].append(records[-1]["images_per_sec"])
+        run_flags[name] = records[-1]["xla_flags"]
+  default = np.median(runs.get("default") or [np.nan])
+  out = []
+  for name in options:
+    record = {"measurement": "train_step_xla_cpu", "xla_cpu": name,
+              "xla_cpu_flags": xla_cpu.OPTIONS[name], "model": model_name,
+              "resolution": resolution, "per_device_batch": per_device_batch,
+              "steps": steps, "rounds": rounds,
+              "conv_lowering": models.resolve_conv_lowering(conv_lowering),
+              "images_per_sec_runs": runs[name], **shape_args, **_device()}
+    if name in failures:
+      record["error"] = failures[name]
+    else:
+      record["run_xla_flags"] = run_flags[name]  # As the process saw them.
+      record["images_per_sec"] = float(np.median(runs[name]))
+      if not np.isnan(default):
+        record["vs_default"] = record["images_per_sec"] / default
+    out.append(emit(record))
+  return [r for r in out if "images_per_sec" in r]
+
+
 def _flops(compiled) -> float:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # Older JAX: one per computation.
@@ -238,7 +304,7 @@ def step_memory(model_name: str, resolution: int, per_device_batch: int,
                                 precision, conv_lowering, remat, accum_steps,
                                 task)
   image_shape = (resolution, resolution, channels)
-  state = jax.eval_shape(lambda: train.create_train_state(
+  state = jax.eval_shape(lambda: train_state.create_train_state(
       config_lib.base_config(), model, optimizer, image_shape))
   batch = {"image": jax.ShapeDtypeStruct((per_device_batch,) + image_shape,
                                          jnp.float32),
@@ -309,6 +375,7 @@ def fit_in_memory(model_name: str, resolution: int,
 
 def _data(config):
   """The config's data, and the config resolved on it (BiT-HyperRule)."""
+  from big_transfer_med import train  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   data = pipeline.Pipeline(config.data, **parallel.host_layout())
   return data, train.resolve_config(config, data)
@@ -319,11 +386,11 @@ def _built_fixture(root: str, rows: Dict[str, int], image_size: int) -> str:
   (source -> images) built from generated images of image_size px in the
   release's layout, with full metadata rows (made once, then reused)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  import input_pipeline.datasets  # noqa: F401  pylint: disable=g-import-not-at-top
   from tests import make_cxr_testdata  # pylint: disable=g-import-not-at-top
   data_dir = os.path.join(root, "tfds")
   for source, count in rows.items():
-    builder = tfds.builder(f"{pipeline.CXR_SOURCES[source]}/default",
+    builder = tfds.builder(f"{choices.CXR_SOURCES[source]}/default",
                            data_dir=data_dir)
     if builder.is_prepared():
       continue
@@ -483,7 +550,7 @@ def end_to_end(config, steps: int) -> Dict[str, Any]:
                                      config.model.conv_lowering,
                                      task=config.task)
   res = config.data.resolution
-  state = parallel.replicate(train.create_train_state(
+  state = parallel.replicate(train_state.create_train_state(
       config, model, optimizer, (res, res, config.data.channels)))
   step = _pmapped(step_fn)
   # The model-only rate first, while no tf.data threads compete for the
@@ -531,14 +598,14 @@ def evaluation_speed(config, passes: int) -> Dict[str, Any]:
                                config.loss, config.model.precision,
                                config.model.conv_lowering, task=config.task)
   res = config.data.resolution
-  state = parallel.replicate(train.create_train_state(
+  state = parallel.replicate(train_state.create_train_state(
       config, model, optimizer, (res, res, config.data.channels)))
   records = []
   for name, evaluator in evaluators.from_config(config, model, data).items():
     times = []
     for _ in range(passes + 1):
       start = time.perf_counter()
-      evaluator.run(train.variables_of(state))
+      evaluator.run(train_state.variables_of(state))
       times.append(time.perf_counter() - start)
     records.append(emit({
         "measurement": "evaluation", "evaluator": name,
@@ -566,7 +633,8 @@ def timm_peer(model_name: str, resolution: int, per_device_batch: int,
     ratio = r["images_per_sec"] / record["peer_images_per_sec"]
     if i == 0:
       record["ours_images_per_sec"], record["ratio"] = r["images_per_sec"], ratio
-    record[f"ratio_{r['conv_lowering']}"] = ratio
+    # Per convolution lowering, or per XLA:CPU option (--xla_cpu).
+    record[f"ratio_{r.get('xla_cpu') or r['conv_lowering']}"] = ratio
   return emit(record)
 
 
@@ -636,6 +704,12 @@ def _define_flags():
   flags.DEFINE_integer("devices", 8, "fit: devices the global batch is "
                        "spread over.", lower_bound=1)
   flags.DEFINE_integer("steps", 10, "Timed steps (train, e2e) or batches (input).")
+  flags.DEFINE_list("xla_cpu", [], "train: XLA:CPU kernel options to compare, "
+                    f"some of {', '.join(xla_cpu.OPTIONS)} (xla_cpu.py): "
+                    "each in a fresh process, alternating over --rounds; "
+                    "with timm, each one's ratio to it.")
+  flags.DEFINE_integer("rounds", 2, "train with --xla_cpu: rounds over the "
+                       "options (the median is reported).", lower_bound=1)
   flags.DEFINE_integer("passes", 3, "eval: timed passes per evaluator.")
   flags.DEFINE_integer("peak_size", 2048, "peak: matmul size.")
   flags.DEFINE_integer("peer_images", 256, "seed_input: images to read.")
@@ -683,6 +757,10 @@ def main(argv):
   if bad:
     raise app.UsageError(f"--remat: unknown {sorted(bad)}; expected "
                          f"{', '.join(models.REMATS)}.")
+  bad = set(FLAGS.xla_cpu) - set(xla_cpu.OPTIONS)
+  if bad:
+    raise app.UsageError(f"--xla_cpu: unknown {sorted(bad)}; expected "
+                         f"some of {', '.join(xla_cpu.OPTIONS)}.")
   if "timm" in what and FLAGS.task != "classification":
     raise app.UsageError("--what=timm compares classifiers only: run it "
                          "with --task=classification.")
@@ -724,10 +802,15 @@ def _measure(what, config, memories) -> None:
   lowerings = FLAGS.conv_lowering
   for lowering in lowerings:
     models.resolve_conv_lowering(lowering)  # Fails before any measurement.
-  ours = [train_step_speed(*model_args, FLAGS.steps, peak=peak,
-                           conv_lowering=lowering, task=FLAGS.task,
-                           **shape_args)
-          for lowering in lowerings] if "train" in what else None
+  if "train" in what and FLAGS.xla_cpu:
+    ours = train_step_speed_per_xla_option(
+        FLAGS.xla_cpu, FLAGS.rounds, *model_args, FLAGS.steps,
+        conv_lowering=lowerings[0], task=FLAGS.task, **shape_args)
+  else:
+    ours = [train_step_speed(*model_args, FLAGS.steps, peak=peak,
+                             conv_lowering=lowering, task=FLAGS.task,
+                             **shape_args)
+            for lowering in lowerings] if "train" in what else None
   if "timm" in what:
     timm_peer(*model_args, FLAGS.steps, ours=ours, **shape_args)
   if "memory" in what:

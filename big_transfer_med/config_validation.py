@@ -18,11 +18,9 @@ from big_transfer_med import evaluators
 from big_transfer_med import losses
 from big_transfer_med import models
 from big_transfer_med import optim
+from input_pipeline import choices
 from input_pipeline import errors
 from input_pipeline import labels
-from input_pipeline import pipeline
-from input_pipeline import preprocessing
-from input_pipeline.datasets import cxr_common
 
 PRIMARY_METRICS = ("", "accuracy", "mean_auc", "map", "loss", "dice", "iou",
                    "dice_pooled")
@@ -136,14 +134,14 @@ RULES: Dict[str, Rule] = {
     "data.train_split": string(nonempty=True),
     "data.eval_split": string(nonempty=True),
     "data.classes": sequence(integer(0), unique=True),
-    "data.sources": sequence(choice(sorted(pipeline.CXR_SOURCES)),
+    "data.sources": sequence(choice(sorted(choices.CXR_SOURCES)),
                              unique=True),
     "data.builder_config": string(nonempty=True),
     "data.label_set": choice(sorted(labels.LABEL_SETS)),
     "data.uncertain": choice(labels.UNCERTAIN_POLICIES),
     "data.missing": choice(("mask", "zeros")),
     "data.no_finding": choice(labels.NO_FINDING_RULES),
-    "data.views": sequence(choice(cxr_common.VIEWS), unique=True,
+    "data.views": sequence(choice(choices.VIEWS), unique=True,
                            nonempty=True),
     "data.weights": sequence(number(0, low_open=True)),
     "data.class_balanced": boolean(),
@@ -151,13 +149,13 @@ RULES: Dict[str, Rule] = {
     "data.resolution": integer(1, optional=True),
     "data.resize": integer(1, optional=True),
     "data.channels": choice((1, 3)),
-    "data.normalization": choice(sorted(preprocessing.NORMALIZATIONS)),
-    "data.augment": choice(preprocessing.AUGMENTATIONS),
+    "data.normalization": choice(sorted(choices.NORMALIZATIONS)),
+    "data.augment": choice(choices.AUGMENTATIONS),
     "data.crop_padding": integer(0),
     "data.shift": number(0, 1),
     "data.scale": number(0, 1, high_open=True),
     "data.rotation": number(0, 180),
-    "data.affine_fill": choice(preprocessing.AFFINE_FILLS),
+    "data.affine_fill": choice(choices.AFFINE_FILLS),
     "data.eval_batch_size": integer(1, optional=True),
     "data.prefetch": integer(0),
     "data.num_threads": integer(1, optional=True),

@@ -20,7 +20,6 @@ from absl import logging
 
 from big_transfer_med import parallel
 from input_pipeline import errors
-from input_pipeline import pipeline
 
 
 def ridge_accuracy(train_x: np.ndarray, train_y: np.ndarray,
@@ -47,6 +46,9 @@ class FewShotEvaluator:
   def __init__(self, settings: ml_collections.ConfigDict, *, config, model,
                data=None):
     del data  # Its own dataset.
+    # TensorFlow loads only when data is read, not when the trainer's
+    # modules are imported (the accelerator benchmark runs without it).
+    from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
     self.every_steps = settings.every_steps
     self.settings = settings
     self.name = settings.dataset.replace("/", "_")

@@ -366,7 +366,7 @@ class ResNetV1(nn.Module):
   remat: str = "none"  # REMATS.
   bn_axis_name: Optional[str] = None
   # 1.0 makes the running averages the last batch's statistics (what
-  # train.reestimate_batch_stats averages).
+  # train_state.reestimate_batch_stats averages).
   bn_momentum: float = 0.1
   # Non-empty: a U-Net (segmentation) with decoder blocks of these widths.
   decoder_widths: Sequence[int] = ()

@@ -13,7 +13,6 @@ import re
 from typing import Dict, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from input_pipeline import errors
 
@@ -159,6 +158,9 @@ class Harmonizer:
 
     `rng` ([2] int seed) is needed only by the lsr_* policies.
     """
+    # Imported here: the label tables above serve config validation where
+    # only JAX is installed.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     values = tf.convert_to_tensor(values, tf.float32)
     if self.no_finding_column is not None:
       # No Finding = 1: the unmentioned findings are negative ('unmentioned');

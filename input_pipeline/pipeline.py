@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import errors
+from input_pipeline.choices import CXR_SOURCES
 from input_pipeline import labels as labels_lib
 from input_pipeline import preprocessing
 from input_pipeline import record_index
@@ -412,10 +413,6 @@ def eval_positions(num_examples: int, global_batch: int, host_id: int,
     yield positions, np.where(positions < num_examples, positions, 0)
 
 
-# Source name -> builder. padchest_seed: PadChest as the seed code formed it.
-CXR_SOURCES = {"chexpert": "cxr_chexpert", "mimic": "cxr_mimic",
-               "nih14": "cxr_nih14", "padchest": "cxr_padchest",
-               "padchest_seed": "cxr_padchest_seed"}
 
 
 def _open_named(c: ml_collections.ConfigDict):

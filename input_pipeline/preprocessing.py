@@ -2,9 +2,10 @@
 
 Images arrive as decoded [H, W, C] integers (uint8/uint16, full range) or
 floats in [0, 1], and leave as float32 [resolution, resolution, channels],
-normalised as the model's checkpoint expects (`NORMALIZATIONS`). Cropping and resizing run on the stored dtype and everything after
-on the small resized image, so no full-size float copy is ever made: resizing
-a 512 px uint8 image directly is ~3x faster than converting it first.
+normalised as the model's checkpoint expects (`choices.NORMALIZATIONS`).
+Cropping and resizing run on the stored dtype and everything after on the
+small resized image, so no full-size float copy is ever made: resizing a
+512 px uint8 image directly is ~3x faster than converting it first.
 """
 import math
 
@@ -12,26 +13,7 @@ import ml_collections
 import tensorflow as tf
 
 from input_pipeline import errors
-
-# crop_flip: zero-pad, random crop back, flip; cxr: the seed's affine + flip;
-# bit: resize to data.resize, random crop to data.resolution, flip (HyperRule);
-# resized_crop: torchvision's RandomResizedCrop(resolution) (area 8-100%,
-# aspect 3/4-4/3), flip, rotation by up to data.rotation degrees, and for
-# evaluation Resize(data.resize) + CenterCrop(resolution): the benchmark
-# paper's (Hosseinzadeh Taher et al.) ImageNet-style recipe.
-AUGMENTATIONS = ("none", "flip", "crop_flip", "cxr", "bit", "resized_crop")
-# config.data.normalization -> per-channel (mean, std) of [0, 1] pixels.
-# Google's BiT weights and the seed paper's chest X-ray models expect [-1, 1];
-# the seed's ImageNet-1k/21k PyTorch models expect ImageNet's statistics.
-NORMALIZATIONS = {
-    "minus_one_one": ((0.5,), (0.5,)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-# config.data.affine_fill: what the cxr augmentation shows outside the image:
-# black, or the image mirrored about its border without repeating the edge
-# pixel (OpenCV's BORDER_REFLECT_101, albumentations' ShiftScaleRotate
-# default, as the seed code ran it).
-AFFINE_FILLS = ("zeros", "reflect_101")
+from input_pipeline.choices import AFFINE_FILLS, AUGMENTATIONS, NORMALIZATIONS
 
 
 def full_scale(dtype: tf.DType) -> float:

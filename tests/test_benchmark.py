@@ -13,10 +13,16 @@ from input_pipeline import errors
 from tests import test_main
 
 
-def _records(*args):
-  """The JSON records the benchmark prints, in order."""
-  env = dict(os.environ, PYTHONPATH=test_main.REPO,
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+# On PYTHONPATH: a process that cannot import TensorFlow (tests/no_tensorflow).
+NO_TENSORFLOW = os.path.join(test_main.REPO, "tests", "no_tensorflow")
+
+
+def _records(*args, without_tensorflow=False):
+  """The JSON records the benchmark prints, in order (`without_tensorflow`:
+  as on a machine where tensorflow and tensorflow_datasets are missing)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHONPATH=os.pathsep.join(
+                 [NO_TENSORFLOW] * without_tensorflow + [test_main.REPO]))
   result = subprocess.run(
       [sys.executable, "-m", "big_transfer_med.benchmark", *args],
       cwd=test_main.REPO, env=env, capture_output=True, text=True, timeout=400)
@@ -51,9 +57,16 @@ def bit_forward_flops(depths, width, resolution, channels, classes):
   return flops + 2 * cin * classes
 
 
+def _run_without_tensorflow(*args):
+  return {r["measurement"]: r for r in _records(*args, without_tensorflow=True)}
+
+
 def test_model_measurements():
-  out = _run("--what=peak,train,memory", "--model=R26x1", "--resolution=32",
-             "--batch_size=2", "--steps=2", "--peak_size=256")
+  """peak, train and memory, where TensorFlow cannot be imported (an
+  accelerator machine with only JAX: README, "Accelerators")."""
+  out = _run_without_tensorflow(
+      "--what=peak,train,memory", "--model=R26x1", "--resolution=32",
+      "--batch_size=2", "--steps=2", "--peak_size=256")
   peak, step, memory = (out["matmul_peak"], out["train_step"],
                         out["train_step_memory"])
   assert peak["flops_per_sec"] > 1e8
@@ -69,6 +82,42 @@ def test_model_measurements():
   # Parameters, gradients-sized momentum and the update: > 3 x 4 bytes each.
   assert memory["peak_bytes"] > 3 * 4 * memory["parameters"]
   assert memory["parameters"] > 10_000_000
+
+
+def test_the_tensorflow_blocker_blocks():
+  """The blocker the test above relies on makes the import fail."""
+  result = subprocess.run(
+      [sys.executable, "-c", "import tensorflow"], capture_output=True,
+      text=True, env=dict(os.environ, PYTHONPATH=NO_TENSORFLOW), timeout=60)
+  assert result.returncode != 0
+  assert "blocked by tests/no_tensorflow" in result.stderr
+
+
+def test_xla_cpu_options_run_each_in_its_own_process():
+  """--xla_cpu: each option's train step runs in a fresh process under its
+  XLA_FLAGS (the user's own flags kept), one record per option; an unknown
+  option is refused before anything runs."""
+  out = _records("--what=train", "--model=R26x1", "--resolution=32",
+                 "--batch_size=2", "--steps=1", "--xla_cpu=default,onednn",
+                 "--rounds=1", without_tensorflow=True)
+  by_option = {r["xla_cpu"]: r for r in out
+               if r["measurement"] == "train_step_xla_cpu"}
+  assert set(by_option) == {"default", "onednn"}
+  for name, record in by_option.items():
+    assert len(record["images_per_sec_runs"]) == 1, record
+    assert record["images_per_sec"] > 0
+    # The child's own XLA_FLAGS: the option's flags, and the caller's.
+    assert "--xla_force_host_platform_device_count=1" in record[
+        "run_xla_flags"]
+    assert ("--xla_cpu_use_onednn=true" in record["run_xla_flags"]) == (
+        name == "onednn")
+  assert by_option["default"]["vs_default"] == 1.0
+  result = subprocess.run(
+      [sys.executable, "-m", "big_transfer_med.benchmark", "--what=train",
+       "--xla_cpu=default,fastest"], cwd=test_main.REPO, capture_output=True,
+      text=True, timeout=120)
+  assert result.returncode != 0
+  assert "--xla_cpu: unknown ['fastest']" in result.stderr
 
 
 def test_memory_falls_with_accumulation():

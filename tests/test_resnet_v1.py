@@ -19,6 +19,7 @@ from big_transfer_med import predict
 from big_transfer_med import pretrained_weights
 from big_transfer_med import torch_format
 from big_transfer_med import train
+from big_transfer_med import train_state
 from input_pipeline import errors
 from tests import fmnist_fixtures
 
@@ -280,20 +281,20 @@ def test_batch_norm_model_trains_resumes_and_evaluates(tiny_fmnist_data_dir,
 
 
 def test_reestimated_running_averages_are_the_mean_of_batch_statistics():
-  """train.reestimate_batch_stats over 2 global batches (2 devices x 3
+  """train_state.reestimate_batch_stats over 2 global batches (2 devices x 3
   images): bn1's running mean and variance become the mean over the batches
   of the statistics of conv1's outputs (computed here with lax.conv), the
   unbiased variance as PyTorch's; parameters are untouched."""
   model = _tiny(bn_axis_name=parallel.AXIS)
   variables, _ = pretrained_weights.load_pretrained(MOCO_FILE, _template(model))
-  state = train.TrainState(
+  state = train_state.TrainState(
       step=jnp.zeros([], jnp.int32), params=variables["params"],
       model_state={"batch_stats": variables["batch_stats"]}, opt_state=(),
       rng=jax.random.PRNGKey(0))
   rng = np.random.default_rng(2)
   batches = [rng.normal(2.0, 1.5, size=(2, 3, 32, 32, 3)).astype(np.float32)
              for _ in range(2)]
-  new = jax.device_get(train.reestimate_batch_stats(
+  new = jax.device_get(train_state.reestimate_batch_stats(
       parallel.replicate(state), iter({"image": b} for b in batches), 2,
       model=model))
   kernel = variables["params"]["conv1"]["kernel"]

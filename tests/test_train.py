@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from big_transfer_med import train
+from big_transfer_med import train_state
 from input_pipeline import errors
 from tests import fmnist_fixtures
 
@@ -112,14 +113,14 @@ def test_train_step_is_compiled_once(precision):
   schedule = optim.create_schedule(0.1, 10)
   optimizer = optim.create_optimizer(schedule)
   step = parallel.per_device(functools.partial(
-      train.train_step, model=model, loss_fn=losses.get_loss("softmax_xent"),
+      train_state.train_step, model=model, loss_fn=losses.get_loss("softmax_xent"),
       optimizer=optimizer, schedule=schedule), donate_argnums=(0,))
   n = jax.local_device_count()
   batch = parallel.to_devices({
       "image": np.zeros((n, 2, 16, 16, 1), np.float32),
       "labels": np.eye(5, dtype=np.float32)[np.zeros((n, 2), int)],
       "mask": np.ones((n, 2), np.float32)})
-  fresh = lambda: train.create_train_state(  # noqa: E731
+  fresh = lambda: train_state.create_train_state(  # noqa: E731
       config_lib.base_config(), model, optimizer, (16, 16, 1))
   out = {}
 
@@ -152,10 +153,10 @@ def _steps_with_accumulation(accum_steps, batches):
   optimizer = optim.create_optimizer(schedule, weight_decay=1e-4,
                                      agc_clipping=0.01)
   step = parallel.per_device(functools.partial(
-      train.train_step, model=model, loss_fn=losses.get_loss("sigmoid_xent"),
+      train_state.train_step, model=model, loss_fn=losses.get_loss("sigmoid_xent"),
       optimizer=optimizer, schedule=schedule, mixup_alpha=0.1,
       accum_steps=accum_steps))
-  initial = train.create_train_state(config_lib.base_config(), model,
+  initial = train_state.create_train_state(config_lib.base_config(), model,
                                      optimizer, (32, 32, 1))
   state, step_losses = parallel.replicate(initial), []
   for batch in batches:

@@ -26,6 +26,7 @@ from big_transfer_med import pretrained_weights
 from big_transfer_med import run_dir
 from big_transfer_med import torch_format
 from big_transfer_med import train
+from big_transfer_med import train_state
 from input_pipeline import errors
 from input_pipeline import pipeline
 from tests import fmnist_fixtures
@@ -287,7 +288,7 @@ def test_mixup_lambda_is_a_beta_draw(alpha):
   mask = jnp.array([1.0, 1.0, 1.0, 0.0])
   keys = jax.random.split(jax.random.PRNGKey(0), 4000)
   mixed_images, mixed_labels, mixed_mask, lam = jax.vmap(
-      lambda k: train.mixup(k, alpha, images, labels, mask))(keys)
+      lambda k: train_state.mixup(k, alpha, images, labels, mask))(keys)
   # Lambda follows Beta(alpha, alpha) (Kolmogorov-Smirnov against scipy).
   assert scipy.stats.kstest(np.asarray(lam), "beta", (alpha, alpha)).pvalue > 0.01
   lam = np.asarray(lam)[:, None]
@@ -308,14 +309,14 @@ def test_mixup_step_is_the_plain_step_on_the_mixed_batch():
   model = models.get_model("R26x1", 3)
   schedule = optim.create_schedule(0.1, 10)
   optimizer = optim.create_optimizer(schedule)
-  state = train.create_train_state(config_lib.base_config(), model, optimizer,
+  state = train_state.create_train_state(config_lib.base_config(), model, optimizer,
                                    (16, 16, 1))
   # A non-zero head, so that the labels change the gradient.
   state = state.replace(params=dict(state.params, head=dict(
       state.params["head"], kernel=jnp.full_like(
           state.params["head"]["kernel"], 0.05))))
   step = lambda alpha: parallel.per_device(functools.partial(  # noqa: E731
-      train.train_step, model=model, loss_fn=losses.softmax_xent,
+      train_state.train_step, model=model, loss_fn=losses.softmax_xent,
       optimizer=optimizer, schedule=schedule, mixup_alpha=alpha))
   rng = np.random.default_rng(0)
   batch = {"image": rng.standard_normal((2, 4, 16, 16, 1), np.float32),

@@ -12,9 +12,9 @@ from etils import epath
 from PIL import Image
 
 from input_pipeline import errors
+from input_pipeline.choices import VIEWS
 from input_pipeline.datasets import base
 
-VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
 _VIEW_SYNONYMS = {
     "PA": "PA", "POSTEROANTERIOR": "PA",
     "AP": "AP", "ANTEROPOSTERIOR": "AP",
