@@ -761,6 +761,9 @@ def main(argv):
   if bad:
     raise app.UsageError(f"--xla_cpu: unknown {sorted(bad)}; expected "
                          f"some of {', '.join(xla_cpu.OPTIONS)}.")
+  if FLAGS.xla_cpu and len(FLAGS.conv_lowering) > 1:
+    raise app.UsageError("--xla_cpu compares options at one --conv_lowering: "
+                         "give one, or run once per lowering.")
   if "timm" in what and FLAGS.task != "classification":
     raise app.UsageError("--what=timm compares classifiers only: run it "
                          "with --task=classification.")

@@ -257,8 +257,9 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
   logging.info("%s parameters.", f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
 
   p_train_step = parallel.per_device_with(
-      train_state.train_step, (0,), model=model, loss_fn=losses.get_loss(config.loss),
-      optimizer=optimizer, schedule=schedule,
+      train_state.train_step, (0,), model=model,
+      loss_fn=losses.get_loss(config.loss), optimizer=optimizer,
+      schedule=schedule,
       mixup_alpha=float(config.mixup_alpha or 0.0),
       accum_steps=config.accum_steps)
   writer = metric_writers.create_writer(workdir, start_step)

@@ -75,17 +75,23 @@ def paired_gaps(study: str) -> dict:
   return {k: dict(sorted(gaps[k].items())) for k in sorted(gaps)}
 
 
+def _in_points(per_seed: dict):
+  """The gaps of one shot count in accuracy points, their mean and std
+  (ddof=1; 0 for one seed)."""
+  points = 100 * np.array(list(per_seed.values()))
+  return points, points.mean(), points.std(ddof=1) if len(points) > 1 else 0.0
+
+
 def gap_table(gaps: dict) -> str:
   """Markdown: the paired gap per seed, its mean and std (points)."""
   seeds = sorted({seed for per_seed in gaps.values() for seed in per_seed})
   lines = ["| shots | " + " | ".join(f"seed {s}" for s in seeds)
            + " | mean ± std |", "|---" * (len(seeds) + 2) + "|"]
   for k, per_seed in gaps.items():
-    points = 100 * np.array(list(per_seed.values()))
-    std = points.std(ddof=1) if len(points) > 1 else 0.0
+    _, mean, std = _in_points(per_seed)
     lines.append(f"| {k} | " + " | ".join(
         f"{100 * per_seed[s]:+.1f}" if s in per_seed else "-" for s in seeds)
-        + f" | {points.mean():+.1f} ± {std:.1f} |")
+        + f" | {mean:+.1f} ± {std:.1f} |")
   return "\n".join(lines)
 
 
@@ -126,10 +132,9 @@ def claims(upstream: str, study: str) -> list:
                   f"{100 * probe[k]:.1f}%)",
                   cell["fmnist_0to4", k] >= probe[k]))
   for k, per_seed in paired_gaps(study).items():
-    points = 100 * np.array(list(per_seed.values()))
-    std = points.std(ddof=1) if len(points) > 1 else 0.0
+    points, mean, std = _in_points(per_seed)
     out.append((f"{k}-shot: pre-trained ahead of scratch on every seed, "
-                f"same draws ({points.mean():+.1f} ± {std:.1f} points over "
+                f"same draws ({mean:+.1f} ± {std:.1f} points over "
                 f"{len(points)} seeds, smallest {points.min():+.1f})",
                 bool(np.all(points > 0))))
   if ("fmnist_0to4", 0) in cell and ("scratch", 0) in cell:

@@ -118,6 +118,12 @@ def test_xla_cpu_options_run_each_in_its_own_process():
       text=True, timeout=120)
   assert result.returncode != 0
   assert "--xla_cpu: unknown ['fastest']" in result.stderr
+  result = subprocess.run(
+      [sys.executable, "-m", "big_transfer_med.benchmark", "--what=train",
+       "--xla_cpu=default,onednn", "--conv_lowering=native,matmul"],
+      cwd=test_main.REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "--xla_cpu compares options at one --conv_lowering" in result.stderr
 
 
 def test_memory_falls_with_accumulation():
