@@ -321,3 +321,21 @@ def test_failing_checkpoint_write_keeps_earlier_checkpoints(
                       original)
   summary = train.train_and_evaluate(config, workdir)
   assert summary["step"] == 5 and _checkpoint_steps(workdir) == [1, 2, 3, 4, 5]
+
+
+def test_ctrl_c_is_a_preemption_and_a_second_one_stops_at_once():
+  """In a single process Ctrl-C asks for a checkpoint and a stop, as SIGTERM
+  does (the trainer names the signal); a second Ctrl-C raises at once; the
+  previous handlers come back afterwards."""
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  with preemption.Notice() as notice:
+    assert not notice.reached(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert notice.reached(2) and notice.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert (signal.getsignal(signal.SIGINT),
+          signal.getsignal(signal.SIGTERM)) == before
+  assert str(preemption.Preempted(4, notice.signal_name)) == (
+      "Preempted (SIGINT): saved a checkpoint at step 4; run the same "
+      "command to continue from it.")
