@@ -268,6 +268,7 @@ def test_torch_export_has_the_names_and_shapes_of_the_pytorch_model(style):
                                 np.asarray(params["head"]["kernel"]).T)
 
 
+@pytest.mark.slow
 def test_timm_loads_the_export_strictly_and_gives_our_logits(tmp_path):
   """Where PyTorch + timm are installed (requirements-peers.txt): timm's
   BiT ResNet-v2 loads our timm export with strict=True through

@@ -114,6 +114,7 @@ def test_consecutive_nonfinite_steps_still_stop(tiny_fmnist_data_dir, tmp_path,
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused_unless_allowed(tiny_fmnist_data_dir,
                                                   tmp_path):
   workdir = str(tmp_path / "run")
@@ -154,6 +155,7 @@ def test_changed_config_is_refused_unless_allowed(tiny_fmnist_data_dir,
       "base_lr"] == 0.2
 
 
+@pytest.mark.slow
 def test_main_refuses_a_changed_config(tiny_fmnist_data_dir, tmp_path):
   workdir = tmp_path / "run"
   args = [f"--config={test_main.CONFIG}:probe=no", f"--workdir={workdir}",
@@ -215,6 +217,7 @@ def _train_losses(workdir):
   return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
 
 
+@pytest.mark.slow
 def test_crash_or_preemption_then_resume_is_the_uninterrupted_run(
     tiny_fmnist_data_dir, tmp_path):
   whole = tmp_path / "whole"

@@ -68,6 +68,7 @@ def test_study_spec_paths_are_made_absolute(tmp_path, monkeypatch):
   assert f"init={tmp_path / 'runs' / 'up'}" in study.command(spec, job)
 
 
+@pytest.mark.slow
 def test_main_with_relative_paths_from_another_directory(
     tiny_fmnist_data_dir, tmp_path):
   """Save and init.checkpoint from relative paths (orbax needs absolute
@@ -238,6 +239,7 @@ def test_config_arguments_are_checked(arg, expected):
 
 # One line per mistake, nothing written.
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,expected", [
     (["--config.batch_size=-4"], "ERROR: config.batch_size=-4: expected an integer >= 1."),
     (["--config.data.augment=rotate", "--config.checkpoint.keep=0"],
