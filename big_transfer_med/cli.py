@@ -4,9 +4,17 @@ A user's mistake ends the program with one line `ERROR: ...` on stderr and
 exit code 2, without a traceback: a flag that is unknown or has a bad value,
 a config file that is missing or does not load, a bad config argument, an
 unknown `--config.key`, and any errors.UserError raised while running.
-A preempted run ends with one line and preemption.EXIT_PREEMPTED.
+A preempted run ends with one line and preemption.EXIT_PREEMPTED; so does
+Ctrl-C during training (a second Ctrl-C, or one outside training, ends at
+once with one line saying where the run will resume).
+
+Quiet by default: TensorFlow's and XLA's C++ start-up messages are off
+(TF_CPP_MIN_LOG_LEVEL=2 unless set, in __init__.py), and the log shows this project's lines
+plus other libraries' errors only; --verbosity=0 (or any --verbosity) shows
+every library's INFO and WARNING lines again.
 """
 import difflib
+import logging
 import os
 import sys
 from typing import Callable, List, Optional, Sequence
@@ -14,12 +22,18 @@ from typing import Callable, List, Optional, Sequence
 import ml_collections
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from big_transfer_med import preemption
 from input_pipeline import errors
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # The shell's code for a program ended by SIGINT.
+# Log records from files under these folders are ours.
+_OUR_FOLDERS = tuple(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), name) + os.sep
+                     for name in ("big_transfer_med", "input_pipeline"))
 
 
 def fail(message: str) -> None:
@@ -158,9 +172,40 @@ def lock_shared_compilation_cache() -> None:
                       _SHARED_CACHE_MAX_BYTES)
 
 
+class _OursAndErrors(logging.Filter):
+  """Passes this project's records, and other libraries' errors."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (record.levelno >= logging.ERROR
+            or record.pathname.startswith(_OUR_FOLDERS))
+
+
+def quiet_other_libraries() -> None:
+  """Unless --verbosity was given: other libraries' INFO and WARNING lines
+  (orbax logs hundreds per run) leave the log."""
+  if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
+    return
+  absl_logging.get_absl_handler().addFilter(_OursAndErrors())
+
+
+def _interrupted() -> str:
+  """One line for Ctrl-C outside the step loop: where the run resumes."""
+  workdir = (flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS
+             else None)
+  if not workdir:
+    return "Interrupted (Ctrl-C)."
+  from big_transfer_med import run_dir  # pylint: disable=g-import-not-at-top
+  step = run_dir.latest_checkpoint_step(workdir)
+  return ("Interrupted (Ctrl-C): " +
+          (f"run the same command to continue from the checkpoint at step "
+           f"{step} in {workdir}." if step is not None else
+           f"no checkpoint in {workdir} yet; the same command starts afresh."))
+
+
 def run(main: Callable[[List[str]], None]) -> None:
   """app.run(main) with one-line user errors (see the module docstring)."""
   def guarded(argv):
+    quiet_other_libraries()
     try:
       main(argv)
     except app.UsageError as e:
@@ -170,4 +215,7 @@ def run(main: Callable[[List[str]], None]) -> None:
     except preemption.Preempted as e:
       print(e, file=sys.stderr, flush=True)
       sys.exit(preemption.EXIT_PREEMPTED)
+    except KeyboardInterrupt:
+      print(_interrupted(), file=sys.stderr, flush=True)
+      sys.exit(EXIT_INTERRUPTED)
   app.run(guarded, flags_parser=parse_flags)

@@ -8,7 +8,6 @@ with code 75 (preemption.EXIT_PREEMPTED): run the same command to continue.
 """
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from big_transfer_med import cli
@@ -53,10 +52,7 @@ def main(argv):
   cli.hide_accelerators_from_tensorflow()
   _initialize_distributed()
   cli.lock_shared_compilation_cache()
-  import jax  # pylint: disable=g-import-not-at-top
   from big_transfer_med import train  # pylint: disable=g-import-not-at-top
-  logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
-               jax.process_count(), jax.local_devices())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                            allow_config_change=FLAGS.allow_config_change)
 

@@ -278,6 +278,9 @@ class Checkpoint(NamedTuple):
   # Tensors in the file that no known layout names, or outside the
   # backbone: projection and prediction heads, momentum encoders, counters.
   unknown: Tuple[str, ...] = ()
+  # Our flat name -> its shape as stored in the file (before conversion to
+  # our layout; None: the same as in `arrays`).
+  file_shapes: Optional[Dict[str, Tuple[int, ...]]] = None
 
 
 def read_pretrained(spec: str) -> Checkpoint:
@@ -341,14 +344,26 @@ def _read_pretrained(path: str, choice: str):
         f"config.init.checkpoint={path!r}: unknown format; expected a workdir, "
         "a .npz (BiT) or a .pth/.pth.tar (PyTorch: BiT, torchvision ResNet, "
         "self-supervised ResNet-50).")
-  arrays, file_names, unknown = {}, {}, []
+  arrays, file_names, file_shapes, unknown = {}, {}, {}, []
   for name, value in raw.items():
     ours = convert(name[len(prefix):] if name.startswith(prefix) else name)
     if ours:
       arrays[ours], file_names[ours] = to_array(ours, value), name
+      file_shapes[ours] = tuple(np.shape(value))
     else:
       unknown.append(name)
-  return Checkpoint(arrays, file_names, path, tuple(unknown))
+  return Checkpoint(arrays, file_names, path, tuple(unknown), file_shapes)
+
+
+def _shape_mismatch(checkpoint: Checkpoint, name: str, model_shape) -> str:
+  """'<name in the file>: file <shape as stored>, model <shape>', adding the
+  file's tensor in the model's layout where the file stores it transposed
+  (PyTorch's OIHW kernels, BiT's squeezed ones)."""
+  ours = checkpoint.arrays[name].shape
+  stored = (checkpoint.file_shapes or {}).get(name, ours)
+  layout = f" ({ours} in the model's layout)" if stored != ours else ""
+  return (f"{checkpoint.file_names[name]}: file {stored}{layout}, "
+          f"model {model_shape}")
 
 
 def load_pretrained(path: str, variables: Dict[str, Any],
@@ -392,8 +407,7 @@ def _fit(path: str, checkpoint: Checkpoint, variables: Dict[str, Any],
     elif name not in arrays:
       missing.append(name)
     elif arrays[name].shape != fresh.shape:
-      wrong_shape.append(f"{file_names[name]}: file {arrays[name].shape}, "
-                         f"model {fresh.shape}")
+      wrong_shape.append(_shape_mismatch(checkpoint, name, fresh.shape))
     else:
       out[name] = np.asarray(arrays[name], fresh.dtype)
       report["loaded"].append(name)

@@ -150,6 +150,16 @@ def has_checkpoints(workdir: str) -> bool:
   return os.path.isdir(os.path.join(workdir, CHECKPOINTS))
 
 
+def latest_checkpoint_step(workdir: str) -> Optional[int]:
+  """The step of the run's latest complete checkpoint, or None. (orbax
+  writes a step under a temporary name and renames it to the bare step
+  number once complete.)"""
+  folder = os.path.join(workdir, CHECKPOINTS)
+  steps = [int(name) for name in (os.listdir(folder) if os.path.isdir(folder)
+                                  else ()) if name.isdigit()]
+  return max(steps, default=None)
+
+
 # Keys that change how a run is watched, not what it computes: a resumed run
 # may change them freely.
 RUN_NEUTRAL_KEYS = (

@@ -234,6 +234,9 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
   image_shape = (config.data.resolution, config.data.resolution,
                  config.data.channels)
   evals = evaluators.from_config(config, model, data)
+  # Once the data are found: a run that cannot start prints its error alone.
+  logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
+               jax.process_count(), jax.local_devices())
   logging.info("Model %s, %d classes, input %s; %d training examples "
                "(%.1f steps/epoch), %d steps; %d devices on %d hosts.",
                config.model.name, data.num_classes, image_shape,
@@ -303,7 +306,7 @@ def _train_and_evaluate(config, workdir: str, allow_config_change: bool,
                        if config.checkpoint.async_save else "")
         if preempted:
           writer.flush()
-          raise preemption.Preempted(step)
+          raise preemption.Preempted(step, notice.signal_name)
   except BaseException:
     # orbax writes saves in the background: let those under way finish, so
     # the last checkpoint an error names (a non-finite step, a preemption)

@@ -61,6 +61,7 @@ def _run_without_tensorflow(*args):
   return {r["measurement"]: r for r in _records(*args, without_tensorflow=True)}
 
 
+@pytest.mark.slow
 def test_model_measurements():
   """peak, train and memory, where TensorFlow cannot be imported (an
   accelerator machine with only JAX: README, "Accelerators")."""
@@ -93,6 +94,7 @@ def test_the_tensorflow_blocker_blocks():
   assert "blocked by tests/no_tensorflow" in result.stderr
 
 
+@pytest.mark.slow
 def test_xla_cpu_options_run_each_in_its_own_process():
   """--xla_cpu: each option's train step runs in a fresh process under its
   XLA_FLAGS (the user's own flags kept), one record per option; an unknown
@@ -126,6 +128,7 @@ def test_xla_cpu_options_run_each_in_its_own_process():
   assert "--xla_cpu compares options at one --conv_lowering" in result.stderr
 
 
+@pytest.mark.slow
 def test_memory_falls_with_accumulation():
   """XLA's memory analysis of the compiled step: 4 micro-batches need less
   temporary memory than the whole device batch at once (per-unit remat is
@@ -137,6 +140,7 @@ def test_memory_falls_with_accumulation():
   assert temp[4] < 0.8 * temp[1]
 
 
+@pytest.mark.slow
 def test_input_end_to_end_and_evaluation(tiny_fmnist_data_dir):
   out = _run("--what=input,input_stages,seed_input,e2e,eval",
              f"--config={test_main.CONFIG}",
@@ -164,6 +168,7 @@ def test_input_end_to_end_and_evaluation(tiny_fmnist_data_dir):
     assert 0 < evaluation["pass_seconds"] <= evaluation["first_pass_seconds"]
 
 
+@pytest.mark.slow
 def test_segmentation_measurements(montgomery_data_dir):
   """--task=segmentation times the U-Net's step (more work than the
   encoder's three passes: the decoder), and eval runs a segmentation
@@ -181,6 +186,7 @@ def test_segmentation_measurements(montgomery_data_dir):
   assert out["evaluation/val"]["pass_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_timm_peer_runs_or_says_what_to_install():
   # torch + timm are optional (requirements-peers.txt): without them the peer
   # names the file to install; with them it runs timm's BiT train step (in a
@@ -229,6 +235,7 @@ def test_accumulation_takes_the_fewest_micro_batches_that_fit():
   assert memory_fit.accumulation(64, 0, peak_with, 10 ** 9) is None
 
 
+@pytest.mark.slow
 def test_fit_reports_a_batch_that_fits_and_the_accumulation():
   """The command end to end on a small model: its answers hold in XLA's
   memory analysis (`fit` compiles the steps it names; ~6 compiles)."""
@@ -248,6 +255,7 @@ def test_fit_reports_a_batch_that_fits_and_the_accumulation():
   assert record["peak_gib_with_accum"] * 2 ** 30 <= budget
 
 
+@pytest.mark.slow
 def test_startup_on_generated_builds_with_and_without_their_index(tmp_path):
   out = _records("--what=startup", "--startup_rows=300",
                  "--startup_image_sizes=8,24", "--startup_release_scale=0.001",

@@ -193,6 +193,7 @@ def test_padchest_keeps_16_bits_and_mimic_study_labels(tmp_path):
   assert np.all(np.isnan(unlabeled[0]["labels"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cxr_padchest", "cxr_mimic"])
 def test_beam_build_gives_the_plain_build(name, tmp_path):
   """The Beam path (as on Dataflow / Spark / Flink), here on Beam's

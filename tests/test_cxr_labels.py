@@ -200,6 +200,7 @@ def test_no_finding_rules_on_the_real_chexpert_csv(chexpert_rows):
     labels_lib.Harmonizer(columns, "chexpert13", no_finding="some")
 
 
+@pytest.mark.slow
 def test_seed_padchest_cl_on_the_real_csv(tmp_path):
   """PadChest-Cl as the seed forms it, on the real CSV: views (AP_horizontal
   as AP Supine, COSTAL kept, UNK and EXCLUDE dropped), null Labels and its

@@ -82,6 +82,7 @@ def test_cxr_augmentation_is_seeded(tiny_cxr_data_dir):
   assert not np.array_equal(first, other)
 
 
+@pytest.mark.slow
 def test_main_runs_chest_config_on_dummy_data(tiny_cxr_data_dir, tmp_path):
   workdir = tmp_path / "run"
   result = test_main._run_main(
@@ -111,6 +112,7 @@ def test_chest_config_arguments():
   assert big.data.label_set == "union" and "LATERAL" in big.data.views
 
 
+@pytest.mark.slow
 def test_main_runs_the_seed_recipe_on_four_sources(tiny_cxr_data_dir,
                                                    tmp_path):
   """recipe=seed end to end: the seed's PadChest builder in the mix, all its

@@ -73,6 +73,7 @@ def test_main_missing_dataset_says_how_to_build(tmp_path):
   assert not workdir.exists()  # Nothing written.
 
 
+@pytest.mark.slow
 def test_main_trains_and_writes_results(tiny_fmnist_data_dir, tmp_path):
   workdir = tmp_path / "run"
   result = _run_main(f"--config={CONFIG}", f"--workdir={workdir}",

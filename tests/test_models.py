@@ -52,6 +52,7 @@ def test_unknown_model_name_is_a_clear_error(bad):
     models.get_model(bad, 10)
 
 
+@pytest.mark.slow
 def test_logits_features_and_zero_head():
   model = models.get_model("R26x1", 7)
   images = jax.random.uniform(jax.random.PRNGKey(1), (3, 32, 32, 3), minval=-1)
@@ -83,6 +84,7 @@ def _relative_error(a, b):
                np.linalg.norm(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lowering", ["native", "matmul"])
 def test_full_network_matches_float64_numpy_reference(lowering):
   model = models.get_model("R26x1", 5, conv_lowering=lowering)
@@ -204,6 +206,7 @@ def test_auto_lowering_is_matmul_on_cpu_and_native_elsewhere(monkeypatch):
     models.get_model("R26x1", 5, conv_lowering="im2row")
 
 
+@pytest.mark.slow
 def test_whole_network_gradients_agree_between_lowerings():
   """The trainer's gradients (loss through GroupNorm, weight standardisation
   and every convolution) are the same whichever lowering computes them.
@@ -233,6 +236,7 @@ def test_whole_network_gradients_agree_between_lowerings():
         jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_remat_per_unit_keeps_names_values_and_gradients():
   """model.remat='unit' recomputes each unit's activations in the backward
   pass: same parameter tree (checkpoints load either way), same loss and
@@ -266,6 +270,7 @@ def test_unknown_remat_is_a_clear_error():
     models.get_model("R26x1", 5, remat="layer")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lowering,product", [("native", "convolution"),
                                               ("matmul", "dot_general")])
 def test_bfloat16_precision_computes_in_bf16_with_float32_params_and_outputs(
@@ -292,6 +297,7 @@ def test_bfloat16_precision_computes_in_bf16_with_float32_params_and_outputs(
     models.get_model("R26x1", 5, precision="float16")
 
 
+@pytest.mark.slow
 def test_pytorch_head_init_is_torch_default_conv_init():
   """head_init='pytorch' (the seed's fresh nn.Conv2d head): weights and bias
   uniform in +-1/sqrt(fan_in) (kaiming_uniform with a=sqrt(5): gain

@@ -94,6 +94,7 @@ def _params(workdir):
   return manager.latest_step(), manager.restore(manager.latest_step())["params"]
 
 
+@pytest.mark.slow
 def test_two_hosts_match_one_host_and_resume_after_preemption(
     tiny_fmnist_data_dir, tmp_path):
   single, whole, preempted = (tmp_path / name for name in
@@ -149,6 +150,7 @@ def test_two_hosts_match_one_host_and_resume_after_preemption(
       open(single / "results.json"))["metrics"]["examples"]
 
 
+@pytest.mark.slow
 def test_two_hosts_segment_and_synchronise_batch_norm_as_one_host(
     montgomery_data_dir, tmp_path):
   """A resnet18 U-Net (BatchNorm) on the Montgomery layout: 2 hosts x 2
@@ -183,6 +185,7 @@ def test_two_hosts_segment_and_synchronise_batch_norm_as_one_host(
   assert metrics[1]["loss"] == pytest.approx(metrics[0]["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_dead_host_stops_the_others_in_bounded_time(tiny_fmnist_data_dir,
                                                       tmp_path):
   """SIGKILL to process 1 mid-training: process 0 stops within

@@ -93,6 +93,20 @@ def test_wrong_width_names_offending_shapes(tmp_path):
     _load(path, "R26x2")
 
 
+def test_wrong_width_in_a_torch_file_gives_the_shape_the_file_holds(tmp_path):
+  """PyTorch stores kernels as OIHW: the message shows the file's own shape,
+  then the same tensor in the model's HWIO layout."""
+  from big_transfer_med import torch_format  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "r26x1.pth")
+  torch_format.save(pretrained_weights.torch_state_dict(_params("R26x1"),
+                                                        "timm"), path)
+  with pytest.raises(errors.CheckpointMismatchError,
+                     match=r"stages\.0\.blocks\.0\.conv3\.weight: file "
+                           r"\(256, 64, 1, 1\) \(\(1, 1, 64, 256\) in the "
+                           r"model's layout\), model \(1, 1, 128, 512\)"):
+    _load(path, "R26x2")
+
+
 def test_extra_tensor_is_named(tmp_path):
   path = str(tmp_path / "r26.npz")
   pretrained_weights.save_bit_npz(_params("R26x1"), path)
@@ -254,6 +268,7 @@ def test_torch_export_has_the_names_and_shapes_of_the_pytorch_model(style):
                                 np.asarray(params["head"]["kernel"]).T)
 
 
+@pytest.mark.slow
 def test_timm_loads_the_export_strictly_and_gives_our_logits(tmp_path):
   """Where PyTorch + timm are installed (requirements-peers.txt): timm's
   BiT ResNet-v2 loads our timm export with strict=True through

@@ -438,6 +438,7 @@ def _prefetch_flags():
   prefetch_flags(filter(None, (flag_target(argv) for _, argv in COMMANDS)))
 
 
+@pytest.mark.slow
 def test_readme_has_commands():
   kinds = [kind(argv) for _, argv in COMMANDS]
   assert kinds.count("python") >= 10, COMMANDS

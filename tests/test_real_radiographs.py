@@ -87,6 +87,7 @@ def test_wrong_layout_fails_naming_what_was_expected(kermany, tmp_path):
   assert os.path.isdir(manual)  # Nothing of the source is touched.
 
 
+@pytest.mark.slow
 def test_fine_tune_and_predict_on_real_radiographs(kermany, tmp_path):
   """Evaluation preprocessing of a real image (32 px, 3 channels, [-1, 1]),
   a HyperRule fine-tuning run of the transfer config on the real images,

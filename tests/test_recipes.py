@@ -115,6 +115,7 @@ def test_seed_fine_tune_recipe_keys():
       bit.optim.reference_batch_size) == pytest.approx(0.003)
 
 
+@pytest.mark.slow
 def test_seed_optimiser_pieces_train_and_record_k(tiny_fmnist_data_dir,
                                                   tmp_path):
   """The seed's warmup (K filled in from the device count and recorded),

@@ -114,6 +114,7 @@ def test_consecutive_nonfinite_steps_still_stop(tiny_fmnist_data_dir, tmp_path,
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused_unless_allowed(tiny_fmnist_data_dir,
                                                   tmp_path):
   workdir = str(tmp_path / "run")
@@ -154,6 +155,7 @@ def test_changed_config_is_refused_unless_allowed(tiny_fmnist_data_dir,
       "base_lr"] == 0.2
 
 
+@pytest.mark.slow
 def test_main_refuses_a_changed_config(tiny_fmnist_data_dir, tmp_path):
   workdir = tmp_path / "run"
   args = [f"--config={test_main.CONFIG}:probe=no", f"--workdir={workdir}",
@@ -215,6 +217,7 @@ def _train_losses(workdir):
   return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
 
 
+@pytest.mark.slow
 def test_crash_or_preemption_then_resume_is_the_uninterrupted_run(
     tiny_fmnist_data_dir, tmp_path):
   whole = tmp_path / "whole"
@@ -321,3 +324,21 @@ def test_failing_checkpoint_write_keeps_earlier_checkpoints(
                       original)
   summary = train.train_and_evaluate(config, workdir)
   assert summary["step"] == 5 and _checkpoint_steps(workdir) == [1, 2, 3, 4, 5]
+
+
+def test_ctrl_c_is_a_preemption_and_a_second_one_stops_at_once():
+  """In a single process Ctrl-C asks for a checkpoint and a stop, as SIGTERM
+  does (the trainer names the signal); a second Ctrl-C raises at once; the
+  previous handlers come back afterwards."""
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  with preemption.Notice() as notice:
+    assert not notice.reached(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert notice.reached(2) and notice.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert (signal.getsignal(signal.SIGINT),
+          signal.getsignal(signal.SIGTERM)) == before
+  assert str(preemption.Preempted(4, notice.signal_name)) == (
+      "Preempted (SIGINT): saved a checkpoint at step 4; run the same "
+      "command to continue from it.")

@@ -231,6 +231,7 @@ def _checkpoint(workdir):
   return manager.latest_step(), manager.restore(manager.latest_step())
 
 
+@pytest.mark.slow
 def test_batch_norm_model_trains_resumes_and_evaluates(tiny_fmnist_data_dir,
                                                        tmp_path,
                                                        preempt_after_step_1):
@@ -314,6 +315,7 @@ def test_reestimated_running_averages_are_the_mean_of_batch_statistics():
                new.params, variables["params"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["R26x1", "resnet18"])
 def test_unet_on_either_encoder_loads_a_classifier_checkpoint(tmp_path, name):
   """task='segmentation': per-pixel logits at the input's size; the encoder

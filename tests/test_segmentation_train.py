@@ -32,6 +32,7 @@ def _dice(a, b):
   return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
+@pytest.mark.slow
 def test_bit_unet_learns_lungs_and_predict_draws_them(montgomery_data_dir,
                                                       tmp_path):
   """R26x1 U-Net, BiT-HyperRule recipe, 30 steps on 32 generated
@@ -75,6 +76,7 @@ def _checkpoint(workdir):
   return manager.restore(manager.latest_step())
 
 
+@pytest.mark.slow
 def test_resnet_unet_few_shot_siim_resumes_bit_for_bit(siim_data_dir,
                                                        tmp_path,
                                                        preempt_after_step_1):

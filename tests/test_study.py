@@ -143,6 +143,7 @@ def get_config():
   assert "1 jobs done" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("compilation_cache_on")
 def test_run_mode_trains_skips_and_tabulates(tiny_fmnist_data_dir, tmp_path):
   spec = _spec(str(tmp_path / "study"), sources={"scratch": ""}, shots=(2,),
@@ -180,6 +181,7 @@ def _final_params(job):
   return manager.restore(manager.latest_step())["params"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("compilation_cache_on")
 def test_in_process_jobs_equal_a_process_per_job(tiny_fmnist_data_dir,
                                                  tmp_path):

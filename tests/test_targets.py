@@ -140,6 +140,7 @@ def chest_run(tiny_cxr_data_dir, tmp_path_factory):
   return workdir, summary
 
 
+@pytest.mark.slow
 def test_multi_label_fine_tuning_reports_auc(chest_run):
   workdir, summary = chest_run
   assert summary["primary_metric"] == "mean_auc"
@@ -151,6 +152,7 @@ def test_multi_label_fine_tuning_reports_auc(chest_run):
   assert config["mixup_alpha"] == 0.0 and config["data"]["resize"] == 40
 
 
+@pytest.mark.slow
 def test_predict_on_real_rg1_dicom_and_its_png(chest_run, tmp_path):
   workdir, _ = chest_run
   dicom = get_testdata_file("RG1_UNCR.dcm")
@@ -176,6 +178,7 @@ def test_predict_on_real_rg1_dicom_and_its_png(chest_run, tmp_path):
   assert missing.returncode == 2 and "nope.dcm: no such file" in missing.stderr
 
 
+@pytest.mark.slow
 def test_predict_tells_apart_the_classes_a_run_learned(tiny_fmnist_data_dir,
                                                        tmp_path):
   """A model trained on two clearly different image classes (a bright square

@@ -31,6 +31,7 @@ def _final_params(workdir):
   return manager.latest_step(), restored["params"]
 
 
+@pytest.mark.slow
 def test_training_on_two_devices_reduces_loss(tiny_fmnist_data_dir, tmp_path):
   assert jax.local_device_count() == 2
   workdir = str(tmp_path / "run")
@@ -58,6 +59,7 @@ def test_training_on_two_devices_reduces_loss(tiny_fmnist_data_dir, tmp_path):
   assert steps == [16, 18, 20]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(tiny_fmnist_data_dir, tmp_path):
   whole = str(tmp_path / "whole")
   config = fmnist_fixtures.tiny_config(tiny_fmnist_data_dir, total_steps=6)
@@ -100,6 +102,7 @@ def _lowerings(fn) -> int:
   return events.count("/jax/core/compile/jaxpr_to_mlir_module_duration")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_train_step_is_compiled_once(precision):
   """The replicated state is laid out as the step returns it, so steps 2 and
@@ -165,6 +168,7 @@ def _steps_with_accumulation(accum_steps, batches):
   return initial, parallel.unreplicate(state), step_losses
 
 
+@pytest.mark.slow
 def test_accumulated_micro_batches_give_the_unsplit_update():
   """The check below in a fresh process: XLA:CPU's compiler has crashed
   (segfault, abort) compiling this accumulated step (a whole R26 inside a
@@ -221,6 +225,7 @@ def test_micro_batches_must_split_the_device_batch():
     train.check_micro_batches(48, 8, 4)
 
 
+@pytest.mark.slow
 def test_accumulation_changes_memory_not_the_run(tiny_fmnist_data_dir, tmp_path):
   """A run in micro-batches ends where the unsplit run ends (same data
   order, metrics within float32 reordering), and a workdir may be continued

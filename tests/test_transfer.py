@@ -101,6 +101,7 @@ def test_torch_file_with_foreign_objects_is_refused(tmp_path):
     pretrained_weights.read_pretrained(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["npz", "torch"])
 def test_pretrained_file_loads_exactly_and_fine_tunes(fmt, tiny_fmnist_data_dir,
                                                        tmp_path):
@@ -159,6 +160,7 @@ def test_checkpoint_that_does_not_fit_writes_nothing(tiny_fmnist_data_dir,
   assert not os.path.exists(workdir)
 
 
+@pytest.mark.slow
 def test_continual_pretraining_keeps_a_matching_head(tiny_fmnist_data_dir,
                                                      tmp_path):
   first = str(tmp_path / "first")
@@ -194,6 +196,7 @@ def test_continual_pretraining_keeps_a_matching_head(tiny_fmnist_data_dir,
   assert summary["init"]["initialised_names"] == ["head/bias", "head/kernel"]
 
 
+@pytest.mark.slow
 def test_best_validation_checkpoint_is_kept_and_named(tiny_fmnist_data_dir,
                                                      tmp_path):
   """checkpoint.best_metric='val/loss': WORKDIR/best/ holds the variables of
@@ -240,6 +243,7 @@ def test_best_validation_checkpoint_is_kept_and_named(tiny_fmnist_data_dir,
   assert not os.path.exists(other)
 
 
+@pytest.mark.slow
 def test_fewshot_subset_is_balanced_deterministic_and_recorded(
     tiny_fmnist_data_dir, tmp_path):
   config = fmnist_fixtures.tiny_config(
@@ -300,6 +304,7 @@ def test_mixup_lambda_is_a_beta_draw(alpha):
   np.testing.assert_array_equal(mixed_mask[0], [0.0, 1.0, 1.0, 0.0])
 
 
+@pytest.mark.slow
 def test_mixup_step_is_the_plain_step_on_the_mixed_batch():
   """On 2 devices: every device draws the same lambda, mixes within its
   share of the batch, and the update is that of the plain step on the batch
@@ -349,6 +354,7 @@ def _evaluate(config, num_devices):
       {"params": _random_params(5)}, jax.local_devices()[:num_devices]))
 
 
+@pytest.mark.slow
 def test_evaluation_counts_each_example_once_on_1_and_2_devices(
     tiny_fmnist_data_dir):
   # 20 test examples of classes 0-4; batches of 6 leave a padded last batch.

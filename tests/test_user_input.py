@@ -21,8 +21,9 @@ CONFIG = os.path.join(REPO, "configs", "fashion_mnist_upstream.py")
 TORCH_FILE = os.path.join(REPO, "tests", "testdata", "torch")
 
 
-def _run(module, *args, cwd=REPO, timeout=600):
-  env = dict(os.environ, PYTHONPATH=REPO)
+def _run(module, *args, cwd=REPO, timeout=600, unset=()):
+  env = {k: v for k, v in os.environ.items() if k not in unset}
+  env["PYTHONPATH"] = REPO
   return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd,
                         env=env, capture_output=True, text=True,
                         timeout=timeout)
@@ -67,6 +68,7 @@ def test_study_spec_paths_are_made_absolute(tmp_path, monkeypatch):
   assert f"init={tmp_path / 'runs' / 'up'}" in study.command(spec, job)
 
 
+@pytest.mark.slow
 def test_main_with_relative_paths_from_another_directory(
     tiny_fmnist_data_dir, tmp_path):
   """Save and init.checkpoint from relative paths (orbax needs absolute
@@ -237,6 +239,7 @@ def test_config_arguments_are_checked(arg, expected):
 
 # One line per mistake, nothing written.
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,expected", [
     (["--config.batch_size=-4"], "ERROR: config.batch_size=-4: expected an integer >= 1."),
     (["--config.data.augment=rotate", "--config.checkpoint.keep=0"],
@@ -347,3 +350,60 @@ def test_main_damaged_init_checkpoint_is_one_line(tiny_fmnist_data_dir,
 def test_every_entry_point_reports_one_line(module, args, expected):
   line = _error_line(_run(module, *args))
   assert expected in line, line
+
+
+# Quiet by default.
+
+
+def test_a_run_that_cannot_start_prints_its_error_alone(tmp_path):
+  """No TensorFlow / XLA start-up lines, no library warnings, none of our
+  own progress lines: stderr is the error."""
+  result = _run("big_transfer_med.main", f"--config={CONFIG}",
+                f"--workdir={tmp_path / 'run'}",
+                f"--config.data.data_dir={tmp_path / 'no_data'}",
+                # As a user's shell has it (the tests set it).
+                unset=("TF_CPP_MIN_LOG_LEVEL",))
+  _error_line(result)
+  assert result.stderr.startswith(
+      "ERROR: Dataset 'fashion_mnist_local' is not built"), result.stderr
+
+
+def _entry_point(tmp_path, body: str, *args):
+  """Runs a one-off entry point (cli.run over `body`, a main(argv) that may
+  use absl `logging`) with a --workdir flag."""
+  code = ("from absl import flags, logging\n"
+          "from big_transfer_med import cli\n"
+          "flags.DEFINE_string('workdir', None, '')\n"
+          f"def main(argv):\n  {body}\n"
+          "cli.run(main)\n")
+  return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO,
+                        env=dict(os.environ, PYTHONPATH=REPO),
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_ctrl_c_outside_the_step_loop_says_where_the_run_resumes(tmp_path):
+  for name in ("3", "5", "7.orbax-checkpoint-tmp-1"):  # 7: not complete.
+    (tmp_path / "checkpoints" / name).mkdir(parents=True)
+  result = _entry_point(tmp_path, "raise KeyboardInterrupt",
+                        f"--workdir={tmp_path}")
+  assert result.returncode == 130
+  assert result.stderr == (
+      f"Interrupted (Ctrl-C): run the same command to continue from the "
+      f"checkpoint at step 5 in {tmp_path}.\n")
+  result = _entry_point(tmp_path, "raise KeyboardInterrupt",
+                        f"--workdir={tmp_path / 'new'}")
+  assert result.stderr.splitlines() == [
+      f"Interrupted (Ctrl-C): no checkpoint in {tmp_path / 'new'} yet; the "
+      "same command starts afresh."]
+
+
+def test_other_libraries_log_errors_only_unless_verbosity_is_given(tmp_path):
+  """A record from outside big_transfer_med/ and input_pipeline/ (here the
+  -c program's) is shown from ERROR up; any --verbosity shows it all."""
+  body = "logging.info('library info'); logging.error('library error')"
+  quiet = _entry_point(tmp_path, body)
+  assert quiet.returncode == 0, quiet.stderr
+  assert "library error" in quiet.stderr
+  assert "library info" not in quiet.stderr
+  verbose = _entry_point(tmp_path, body, "--verbosity=0")
+  assert "library info" in verbose.stderr and "library error" in verbose.stderr
