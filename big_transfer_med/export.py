@@ -14,7 +14,9 @@ from), else its latest; RUN:best and RUN:latest choose. Formats:
         PyTorch model (root.conv, body.blockN.unitXX..., head.gn, head.conv);
   timm  a state dict that timm's resnetv2_<depth>x<width>_bit loads with
         strict=True (model.load_state_dict(torch.load(FILE,
-        weights_only=True))).
+        weights_only=True))). timm registers R50x1, R50x3, R101x1, R101x3,
+        R152x2 and R152x4 only; for other sizes (R26x1, ...) the command
+        says how to build the same model with timm's ResNetV2.
 The PyTorch files are zips of raw tensors written without PyTorch, read by
 torch.load(weights_only=True). Files are written atomically: an existing
 file is replaced only by a complete one.
@@ -22,6 +24,7 @@ file is replaced only by a complete one.
 from absl import flags
 
 from big_transfer_med import cli
+from big_transfer_med import models
 from big_transfer_med import paths
 from big_transfer_med import pretrained_weights
 from big_transfer_med import run_dir
@@ -29,6 +32,19 @@ from big_transfer_med import torch_format
 from input_pipeline import errors
 
 FORMATS = ("npz", "seed", "timm")
+# The BiT sizes timm registers as resnetv2_<depth>x<width>_bit.
+TIMM_BIT_MODELS = ("R50x1", "R50x3", "R101x1", "R101x3", "R152x2", "R152x4")
+
+
+def timm_model(model_name: str) -> str:
+  """The timm model that loads a timm export of `model_name`, as code."""
+  depth, width = models.parse_name(model_name)
+  if model_name in TIMM_BIT_MODELS:
+    return f"timm.create_model('resnetv2_{depth}x{width}_bit', num_classes=N)"
+  return (f"timm registers no resnetv2_{depth}x{width}_bit; build it as "
+          f"timm.models.resnetv2.ResNetV2(layers={list(models.DEPTHS[depth])}, "
+          f"width_factor={width}, num_classes=N, stem_type='fixed', "
+          "conv_layer=functools.partial(timm.layers.StdConv2d, eps=1e-8))")
 
 
 def export(workdir: str, out: str, fmt: str = "npz") -> str:
@@ -62,6 +78,9 @@ def main(argv):
   f = flags.FLAGS
   source = export(f.workdir, f.out, f.format)
   print(f"Wrote {paths.absolute(f.out)} ({f.format}) from {source}")
+  if f.format == "timm":
+    path = paths.absolute(run_dir.split_choice(f.workdir)[0])
+    print("Load it into " + timm_model(run_dir.load_config(path).model.name))
 
 
 if __name__ == "__main__":

@@ -269,6 +269,18 @@ def test_torch_export_has_the_names_and_shapes_of_the_pytorch_model(style):
 
 
 @pytest.mark.slow
+def test_export_names_the_timm_model_that_loads_it():
+  """timm registers six BiT sizes; for the others export gives the ResNetV2
+  arguments the test below builds (depth 26: layers [2, 2, 2, 2])."""
+  from big_transfer_med import export  # pylint: disable=g-import-not-at-top
+  assert export.timm_model("R101x3") == (
+      "timm.create_model('resnetv2_101x3_bit', num_classes=N)")
+  hint = export.timm_model("R26x1")
+  assert hint.startswith("timm registers no resnetv2_26x1_bit")
+  assert "ResNetV2(layers=[2, 2, 2, 2], width_factor=1," in hint
+  assert "stem_type='fixed'" in hint and "eps=1e-8" in hint
+
+
 def test_timm_loads_the_export_strictly_and_gives_our_logits(tmp_path):
   """Where PyTorch + timm are installed (requirements-peers.txt): timm's
   BiT ResNet-v2 loads our timm export with strict=True through
