@@ -42,6 +42,7 @@ from ml_collections import config_flags
 from big_transfer_med import atomic_files
 from big_transfer_med import paths
 from big_transfer_med import preemption
+from big_transfer_med import starting_weights
 from input_pipeline import errors
 
 
@@ -466,6 +467,20 @@ def _define_flags():
                     "need still runs; the tables cover every finished job.")
 
 
+def _with_inits_on_disk(jobs: Sequence[Job]) -> List[Job]:
+  """`jobs` less those whose init checkpoint is missing, which are named on
+  stderr with where to get each (nothing is downloaded)."""
+  todo = [j for j in jobs if not j.done]
+  lacking = starting_weights.missing([j.checkpoint for j in todo])
+  if lacking:
+    print(f"{len(lacking)} init checkpoint(s) missing; their jobs are left "
+          "out until the files are there:", file=sys.stderr)
+    for init, where in lacking.items():
+      count = sum(j.checkpoint == init for j in todo)
+      print(f"  {init} ({count} jobs): {where}", file=sys.stderr)
+  return [j for j in jobs if j.done or j.checkpoint not in lacking]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -481,7 +496,8 @@ def main(argv):
     raise errors.ConfigError(
         f"--shots={','.join(flags.FLAGS.shots)}: expected whole numbers "
         "(0 = full-shot), e.g. --shots=1,5,10.") from None
-  chosen = select_jobs(spec, jobs, flags.FLAGS.sources, shots)
+  selected = select_jobs(spec, jobs, flags.FLAGS.sources, shots)
+  chosen = _with_inits_on_disk(selected)
   failures = []
   if mode == "commands":
     os.makedirs(spec.workdir, exist_ok=True)
@@ -489,11 +505,14 @@ def main(argv):
     path = os.path.join(spec.workdir, "jobs.txt")
     with atomic_files.open_atomically(path) as f:
       f.write("".join(c + "\n" for c in todo))
-    print(f"Wrote {len(todo)} commands ({len(jobs) - len(todo)} jobs done) "
-          f"to {path}.")
+    print(f"Wrote {len(todo)} commands ({sum(j.done for j in jobs)} jobs "
+          f"done) to {path}.")
   elif mode == "run":
     failures = (run_jobs_in_process(spec, chosen) if flags.FLAGS.in_process
                 else run_jobs(spec, chosen, flags.FLAGS.parallel))
+    if len(chosen) < len(selected):  # A run that could not do every job.
+      failures.append(f"{len(selected) - len(chosen)} jobs: their init "
+                      "checkpoints are missing (named above)")
   print(aggregate(spec, jobs))
   if failures:
     print("ERROR: failed jobs:\n  " + "\n  ".join(failures), file=sys.stderr)

@@ -118,7 +118,8 @@ from big_transfer_med import study
 def get_config():
   s = study.default_spec()
   s.workdir = {str(tmp_path / "study")!r}
-  s.sources = {{"scratch": ""}}
+  s.sources = {{"scratch": "",
+                "imagenet21k": {str(tmp_path / "pretrained" / "BiT-M-")!r} + "{{model}}.npz"}}
   s.models = ("R26x1",)
   s.targets = ("fmnist_5to9",)
   s.shots = (1,)
@@ -141,6 +142,15 @@ def get_config():
   config = os.path.join(REPO, "configs", "transfer.py")
   assert f"'{config}:target=fmnist_5to9,model=R26x1,shots=1,seed=1,eval_split=test[:20%]'" in lines[0]
   assert "1 jobs done" in result.stdout
+  # The BiT-M source's file is missing: its 2 jobs are left out, and the
+  # file is named with where Google publishes it.
+  missing = tmp_path / "pretrained" / "BiT-M-R26x1.npz"
+  lines = result.stderr.splitlines()
+  at = lines.index("1 init checkpoint(s) missing; their jobs are left out "
+                   "until the files are there:")
+  assert lines[at + 1] == (
+      f"  {missing} (2 jobs): Google's BiT-M R26x1 (ImageNet-21k): "
+      "https://storage.googleapis.com/bit_models/BiT-M-R26x1.npz")
 
 
 @pytest.mark.slow
@@ -349,3 +359,61 @@ def test_a_preempted_in_process_job_stops_the_study(tmp_path, monkeypatch):
   with pytest.raises(preemption.Preempted):
     study.run_jobs_in_process(spec, jobs)
   assert started == [jobs[0].workdir, jobs[1].workdir]
+
+
+def test_missing_init_checkpoints_are_named_with_where_to_get_them(tmp_path):
+  from big_transfer_med import starting_weights  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "upstream"
+  run.mkdir()
+  missing = starting_weights.missing([
+      "", f"{run}:best", "gs://bucket/run",  # Scratch, on disk, remote.
+      str(tmp_path / "resnet50_imagenet.pth"), str(tmp_path / "swav.pth.tar"),
+      str(tmp_path / "workdirs" / "seed_chexpert_R50x1"),
+      str(tmp_path / "mystery.ckpt"), str(tmp_path / "swav.pth.tar")])
+  assert list(missing.values()) == [
+      "torchvision's ImageNet ResNet-50 (IMAGENET1K_V1; 97.8 MB; sha256 "
+      "starts 0676ba61): https://download.pytorch.org/models/"
+      "resnet50-0676ba61.pth",
+      "SwAV / DeepCluster-v2 / SeLa-v2 ResNet-50 (ImageNet): "
+      "github.com/facebookresearch/swav (its model zoo)",
+      "a run of ours: train it first (the spec's docstring names its "
+      "config), or point the source at a released checkpoint",
+      "not a published file this project knows: check the spec's sources"]
+
+
+def test_the_starting_weights_page_lists_every_starting_point():
+  from big_transfer_med import starting_weights  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, "docs", "starting_weights.md")) as f:
+    page = f.read()
+  for point in starting_weights.STARTING_POINTS:
+    assert point.what.format("").split(" (")[0].rstrip() in page, point
+    assert point.where.format("R50x1") in page, point
+
+
+def test_run_mode_fails_when_init_checkpoints_are_missing(tmp_path):
+  """Nothing is trained for a source whose file is missing, and the study
+  ends as a failed one (exit 1), naming the file first."""
+  spec_file = tmp_path / "spec.py"
+  spec_file.write_text(f"""
+from big_transfer_med import study
+def get_config():
+  s = study.default_spec()
+  s.workdir = {str(tmp_path / "study")!r}
+  s.sources = {{"moco": {str(tmp_path / "moco_v2.pth.tar")!r}}}
+  s.models = ("resnet50",)
+  s.targets = ("fmnist_5to9",)
+  s.shots = (1,)
+  s.seeds = (0, 1)
+  return s
+""")
+  result = subprocess.run(
+      [sys.executable, "-m", "big_transfer_med.study", f"--spec={spec_file}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stderr
+  assert (f"  {tmp_path / 'moco_v2.pth.tar'} (2 jobs): MoCo v1 / v2 "
+          "ResNet-50 (ImageNet): github.com/facebookresearch/moco") in (
+              result.stderr)
+  assert result.stderr.rstrip().endswith(
+      "ERROR: failed jobs:\n  2 jobs: their init checkpoints are missing "
+      "(named above)")
+  assert not (tmp_path / "study" / "moco").exists()
