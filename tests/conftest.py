@@ -17,6 +17,21 @@ from tests import fmnist_fixtures  # noqa: E402
 REAL_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
+@pytest.fixture(scope="session")
+def _worker_compilation_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture
+def compilation_cache_for_commands(_worker_compilation_cache, monkeypatch):
+  """The commands this test starts share a persistent compilation cache
+  (one per test worker; the trainer locks it), as a user's repeated runs
+  would: a resumed or repeated run loads what the first one compiled. The
+  worker itself keeps compiling in memory only (see above)."""
+  monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", "true")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", _worker_compilation_cache)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_programs():
   """After each test file, JAX's compiled programs and traces are freed: a

@@ -95,6 +95,7 @@ def _params(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compilation_cache_for_commands")
 def test_two_hosts_match_one_host_and_resume_after_preemption(
     tiny_fmnist_data_dir, tmp_path):
   single, whole, preempted = (tmp_path / name for name in
@@ -151,6 +152,7 @@ def test_two_hosts_match_one_host_and_resume_after_preemption(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compilation_cache_for_commands")
 def test_two_hosts_segment_and_synchronise_batch_norm_as_one_host(
     montgomery_data_dir, tmp_path):
   """A resnet18 U-Net (BatchNorm) on the Montgomery layout: 2 hosts x 2
@@ -186,6 +188,7 @@ def test_two_hosts_segment_and_synchronise_batch_norm_as_one_host(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compilation_cache_for_commands")
 def test_a_dead_host_stops_the_others_in_bounded_time(tiny_fmnist_data_dir,
                                                       tmp_path):
   """SIGKILL to process 1 mid-training: process 0 stops within

@@ -90,6 +90,7 @@ def test_wrong_layout_fails_naming_what_was_expected(kermany, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compilation_cache_for_commands")
 def test_fine_tune_and_predict_on_real_radiographs(kermany, tmp_path):
   """Evaluation preprocessing of a real image (32 px, 3 channels, [-1, 1]),
   then, as a user types them, a HyperRule fine-tuning run of the transfer

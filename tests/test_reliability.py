@@ -156,6 +156,7 @@ def test_changed_config_is_refused_unless_allowed(tiny_fmnist_data_dir,
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compilation_cache_for_commands")
 def test_main_refuses_a_changed_config(tiny_fmnist_data_dir, tmp_path):
   workdir = tmp_path / "run"
   args = [f"--config={test_main.CONFIG}:probe=no", f"--workdir={workdir}",
@@ -218,6 +219,7 @@ def _train_losses(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compilation_cache_for_commands")
 def test_crash_or_preemption_then_resume_is_the_uninterrupted_run(
     tiny_fmnist_data_dir, tmp_path):
   whole = tmp_path / "whole"

@@ -69,6 +69,7 @@ def test_study_spec_paths_are_made_absolute(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("compilation_cache_for_commands")
 def test_main_with_relative_paths_from_another_directory(
     tiny_fmnist_data_dir, tmp_path):
   """Save and init.checkpoint from relative paths (orbax needs absolute
