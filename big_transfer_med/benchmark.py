@@ -422,10 +422,10 @@ def _seconds_to_first_batch(config, later_batches: int = 2
 def _startup_with_and_without_index(config, **fields) -> List[Dict[str, Any]]:
   """Start-up records of `config` on its built data: with the builds' record
   indexes, then with them hidden (the path of datasets built before them)."""
-  from input_pipeline import record_index  # pylint: disable=g-import-not-at-top
+  from input_pipeline import split_index  # pylint: disable=g-import-not-at-top
   data, _ = _data(config)
   builders = [s.builder for s in data.train.sources]
-  indexes = [record_index.path(b.data_dir, b.name, s)
+  indexes = [split_index.path(b.data_dir, b.name, s)
              for b in builders for s in b.info.splits]
   stored = sum(f.stat().length for b in builders
                for f in epath.Path(b.data_dir).glob("*.array_record-*"))

@@ -25,7 +25,7 @@ from input_pipeline import errors
 from input_pipeline.choices import CXR_SOURCES
 from input_pipeline import labels as labels_lib
 from input_pipeline import preprocessing
-from input_pipeline import record_index
+from input_pipeline import split_index
 import input_pipeline.datasets  # noqa: F401  (registers our builders)
 
 # Features that name an example, in order of preference.
@@ -108,24 +108,24 @@ def _open_split(builder: tfds.core.DatasetBuilder, split: str):
 
 # (dataset dir, split) -> index columns: a process that runs many jobs on one
 # dataset (a study) reads each index once.
-_INDEXES: Dict[tuple, record_index.Columns] = {}
+_INDEXES: Dict[tuple, split_index.Columns] = {}
 
 
-def _index(builder, split: str, data) -> record_index.Columns:
+def _index(builder, split: str, data) -> split_index.Columns:
   """Every field but the image of the records of `split`, in read order:
   from the index written at build time, else parsed out of every record
   (a pass over all image bytes; datasets built before the index)."""
   key = (os.fspath(builder.data_dir), split)
   if key not in _INDEXES:
-    columns = record_index.load(builder, split)
+    columns = split_index.load(builder, split)
     if columns is None:
       if not any(k[0] == key[0] for k in _INDEXES):  # Once per dataset.
         logging.warning(
             "%s was built without an index of its splits: start-up reads all "
             "its records, image bytes included. Write the index once, for a "
             "start-up independent of image bytes:\n  %s", builder.data_dir,
-            record_index.rebuild_command(builder))
-      columns = record_index.columns_of(data.data_source,
+            split_index.rebuild_command(builder))
+      columns = split_index.columns_of(data.data_source,
                                         builder.info.features)
     _INDEXES[key] = columns
   return _INDEXES[key]
@@ -160,7 +160,7 @@ class Source:
   def example_ids(self, positions: np.ndarray) -> list[str]:
     """A stable id per example: its id/path feature, else its record index."""
     key = next((k for k in ID_FEATURES
-                if k in record_index.indexed_fields(self.builder.info.features)),
+                if k in split_index.indexed_fields(self.builder.info.features)),
                None)
     records = self.indices[positions]
     if key is None:

@@ -4,6 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import numpy as np
 
 import pytest
 
@@ -19,7 +22,10 @@ NO_TENSORFLOW = os.path.join(test_main.REPO, "tests", "no_tensorflow")
 
 def _records(*args, without_tensorflow=False):
   """The JSON records the benchmark prints, in order (`without_tensorflow`:
-  as on a machine where tensorflow and tensorflow_datasets are missing)."""
+  as on a machine where tensorflow and tensorflow_datasets are missing).
+  Each record gets `command_seconds`: the wall time of the whole command,
+  an upper bound on any time it measured."""
+  start = time.perf_counter()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              PYTHONPATH=os.pathsep.join(
                  [NO_TENSORFLOW] * without_tensorflow + [test_main.REPO]))
@@ -27,8 +33,9 @@ def _records(*args, without_tensorflow=False):
       [sys.executable, "-m", "big_transfer_med.benchmark", *args],
       cwd=test_main.REPO, env=env, capture_output=True, text=True, timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
-  return [json.loads(line) for line in result.stdout.splitlines()
-          if line.startswith("{")]
+  seconds = time.perf_counter() - start
+  return [dict(json.loads(line), command_seconds=seconds)
+          for line in result.stdout.splitlines() if line.startswith("{")]
 
 
 def _run(*args):
@@ -107,13 +114,18 @@ def test_xla_cpu_options_run_each_in_its_own_process():
   assert set(by_option) == {"default", "onednn"}
   for name, record in by_option.items():
     assert len(record["images_per_sec_runs"]) == 1, record
-    assert record["images_per_sec"] > 0
+    # One step of 2 images took less than the whole command.
+    assert record["images_per_sec"] == np.median(record["images_per_sec_runs"])
+    assert record["images_per_sec"] > 2 / record["command_seconds"]
     # The child's own XLA_FLAGS: the option's flags, and the caller's.
     assert "--xla_force_host_platform_device_count=1" in record[
         "run_xla_flags"]
     assert ("--xla_cpu_use_onednn=true" in record["run_xla_flags"]) == (
         name == "onednn")
   assert by_option["default"]["vs_default"] == 1.0
+  assert by_option["onednn"]["vs_default"] == pytest.approx(
+      by_option["onednn"]["images_per_sec"]
+      / by_option["default"]["images_per_sec"])
   result = subprocess.run(
       [sys.executable, "-m", "big_transfer_med.benchmark", "--what=train",
        "--xla_cpu=default,fastest"], cwd=test_main.REPO, capture_output=True,
@@ -147,18 +159,28 @@ def test_input_end_to_end_and_evaluation(tiny_fmnist_data_dir):
              f"--config.data.data_dir={tiny_fmnist_data_dir}",
              "--config.batch_size=8", "--config.model.name=R26x1",
              "--steps=3", "--peer_images=24", "--passes=1")
-  assert out["input_pipeline"]["images_per_sec"] > 0
-  assert out["input_pipeline"]["images_per_sec_per_core"] <= out[
-      "input_pipeline"]["images_per_sec"]
+  pipeline_record = out["input_pipeline"]
+  # Its batches of 8 were read within the command's wall time.
+  assert pipeline_record["images_per_sec"] > (
+      pipeline_record["batches"] * 8 / pipeline_record["command_seconds"])
+  assert pipeline_record["images_per_sec_per_core"] == pytest.approx(
+      pipeline_record["images_per_sec"] / pipeline_record["cores"])
   stages = out["input_stages"]
   assert stages["images"] == 24 and stages["stored_shape"] == [28, 28, 1]
   assert set(stages["ms_per_image"]) == {"decode", "decode_resize", "preprocess"}
-  assert all(ms > 0 for ms in stages["ms_per_image"].values())
+  # 24 images per pass, every stage within the command's wall time.
+  assert all(0 < 24 * ms / 1000 < stages["command_seconds"]
+             for ms in stages["ms_per_image"].values())
   # The seed recipe (OpenCV + albumentations) on the same stored PNGs.
   peer = out["peer_input"]
   assert peer["encoding"] == "png" and peer["peer_images"] == 24
   assert peer["peer_reads"] == "fashion_mnist_local[train] as stored"
-  assert peer["ratio"] > 0
+  assert peer["peer_images_per_sec_per_core"] > 24 / peer["command_seconds"]
+  assert peer["ratio"] == pytest.approx(
+      peer["ours_images_per_sec_per_core"]
+      / peer["peer_images_per_sec_per_core"])
+  assert peer["ours_images_per_sec_per_core"] == (
+      pipeline_record["images_per_sec_per_core"])
   e2e = out["end_to_end"]
   assert 0.2 < e2e["fraction_of_model_only"] < 5
   # Both evaluators of the config; later passes reuse the compiled step and
@@ -166,6 +188,7 @@ def test_input_end_to_end_and_evaluation(tiny_fmnist_data_dir):
   for name in ("val", "fewshot"):
     evaluation = out[f"evaluation/{name}"]
     assert 0 < evaluation["pass_seconds"] <= evaluation["first_pass_seconds"]
+    assert evaluation["first_pass_seconds"] < evaluation["command_seconds"]
 
 
 @pytest.mark.slow
@@ -183,7 +206,9 @@ def test_segmentation_measurements(montgomery_data_dir):
   assert step["task"] == "segmentation"
   encoder = bit_forward_flops((2, 2, 2, 2), 1, 32, 3, 0)
   assert step["gflops_per_image"] * 1e9 > 3.2 * encoder
-  assert out["evaluation/val"]["pass_seconds"] > 0
+  evaluation = out["evaluation/val"]
+  assert 0 < evaluation["pass_seconds"] <= evaluation["first_pass_seconds"]
+  assert evaluation["first_pass_seconds"] < evaluation["command_seconds"]
 
 
 @pytest.mark.slow
@@ -201,7 +226,8 @@ def test_timm_peer_runs_or_says_what_to_install():
       model_name="R50x1", resolution=32, batch_size=2, steps=2,
       warmup_steps=1, num_classes=10)
   assert out["peer"].endswith("resnetv2_50x1_bit")
-  assert out["peer_images_per_sec"] > 0
+  assert out["peer_images_per_sec"] == pytest.approx(
+      2 / out["peer_step_seconds"])  # The median step's batch of 2.
   with pytest.raises(errors.ConfigError, match="timm has no"):
     peers.timm_train_step_in_subprocess(model_name="R26x1", resolution=32,
                                         batch_size=2, steps=1, warmup_steps=1)

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from input_pipeline import errors
 from input_pipeline import pipeline
-from input_pipeline import record_index
+from input_pipeline import split_index
 from tests import make_cxr_testdata
 from tests import test_cxr_pipeline
 
@@ -34,7 +34,7 @@ def test_the_index_holds_every_field_but_the_image_of_each_record(
   splits = builder.info.splits
   largest = max(splits, key=lambda s: splits[s].num_examples)
   for split in list(splits) + [f"{largest}[1:]+{list(splits)[-1]}"]:
-    index = record_index.load(builder, split)
+    index = split_index.load(builder, split)
     records = list(builder.as_data_source(split))
     assert "image" not in index and "image" in records[0]
     assert set(index) == set(records[0]) - {"image"}
@@ -46,7 +46,7 @@ def test_the_index_holds_every_field_but_the_image_of_each_record(
 def _copy_dataset(data_dir, name, target):
   shutil.copytree(os.path.join(data_dir, name), os.path.join(target, name))
   builder = tfds.builder(f"{name}/default", data_dir=str(target))
-  return builder, {s: record_index.path(builder.data_dir, name, s)
+  return builder, {s: split_index.path(builder.data_dir, name, s)
                    for s in builder.info.splits}
 
 
@@ -65,7 +65,7 @@ def _selection(data_dir):
 def test_a_build_without_index_still_works_and_the_command_writes_it(
     tiny_cxr_data_dir, tmp_path, caplog):
   builder, paths = _copy_dataset(tiny_cxr_data_dir, "cxr_nih14", tmp_path)
-  written = {s: record_index.load(builder, s) for s in paths}
+  written = {s: split_index.load(builder, s) for s in paths}
   indexed = _selection(str(tmp_path))
   for file_path in paths.values():
     file_path.unlink()
@@ -81,14 +81,14 @@ def test_a_build_without_index_still_works_and_the_command_writes_it(
                  capture_output=True)
   for split, file_path in paths.items():
     assert file_path.exists()
-    for field, column in record_index.load(builder, split).items():
+    for field, column in split_index.load(builder, split).items():
       np.testing.assert_array_equal(column, written[split][field])
 
 
 def test_an_index_that_does_not_fit_its_split_names_the_file_and_the_fix(
     tiny_cxr_data_dir, tmp_path):
   builder, paths = _copy_dataset(tiny_cxr_data_dir, "cxr_nih14", tmp_path)
-  train = record_index.load(builder, "train")
+  train = split_index.load(builder, "train")
   damaged = {"short": {k: v[:-1] for k, v in train.items()},
              "missing field": {k: v for k, v in train.items() if k != "view"}}
   for problem, columns in damaged.items():

@@ -6,7 +6,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from input_pipeline import errors
-from input_pipeline import record_index
+from input_pipeline import split_index
 
 
 class ManualDownloadError(errors.DataError):
@@ -17,7 +17,7 @@ class ArrayRecordBuilderMixin:
   """Writes ArrayRecord files by default, and an index of each split.
 
   The trainer reads examples by index, and selects them from the split's
-  index (every field but the image; see record_index.py).
+  index (every field but the image; see split_index.py).
 
   Random access makes the data order a pure function of (seed, step), which
   is what exact resume and multi-host sharding rely on. `tfds build
@@ -28,10 +28,10 @@ class ArrayRecordBuilderMixin:
     super().__init__(file_format=file_format or "array_record", **kwargs)
 
   def _generate_splits(self, dl_manager, download_config):
-    """Builds the splits, then writes each one's index (record_index.py)."""
+    """Builds the splits, then writes each one's index (split_index.py)."""
     split_infos = super()._generate_splits(dl_manager, download_config)
     if self.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
-      record_index.write_all(self, split_infos)
+      split_index.write_all(self, split_infos)
     return split_infos
 
 
