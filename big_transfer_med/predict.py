@@ -1,21 +1,31 @@
 r"""Predictions of a trained run for DICOM / PNG / JPEG files.
 
   python -m big_transfer_med.predict --workdir=RUN image1.dcm image2.png ...
+  python -m big_transfer_med.predict --workdir=RUN --images=DIR --out_csv=preds.csv
 
-Reads the run's config.json, labels.json and latest checkpoint; each file is
-read by input_pipeline.xray_io (DICOM modality LUT and MONOCHROME1 handled)
-and preprocessed as the run's evaluation images are. Classification runs
-score it: sigmoid probabilities for multi-label runs, softmax for
-single-label ones. Segmentation runs write, under --out_dir (default
-RUN/predictions), each class's predicted mask at the file's own size
-(<name>_<class>_mask.png, 0/255) and an overlay of the masks' outlines and
-areas on the image (<name>_overlay.png). Prints one JSON object: {file:
-{label: probability}}, or {file: {'masks': {class: png}, 'overlay': png,
-'area': {class: fraction of the image}}}.
+Reads the run's config.json, labels.json and checkpoint (--checkpoint:
+latest, best or a step); each file is read by input_pipeline.xray_io (DICOM
+modality LUT and MONOCHROME1 handled) and preprocessed as the run's
+evaluation images are, in batches. Classification runs score it: sigmoid
+probabilities for multi-label runs, softmax for single-label ones.
+Segmentation runs write, under --out_dir (default RUN/predictions), each
+class's predicted mask at the file's own size (<name>_<class>_mask.png,
+0/255) and an overlay of the masks' outlines and areas on the image
+(<name>_overlay.png).
+
+A file that cannot be read, or a DICOM whose header says it is not a chest
+radiograph (Modality, BodyPartExamined), gets an error instead and the
+others go on. --images is a folder (every image under it, recursively) or a
+text file listing one path per line. Prints one JSON object ({file: {label:
+probability}}, {file: {'masks': {class: png}, 'overlay': png, 'area':
+{class: fraction of the image}}} or {file: {'error': why}}), or with
+--out_csv writes `path,<one column per class>,error` (paths relative to
+--images; segmentation: each class's area) whole or not at all.
 """
+import csv
 import json
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -29,48 +39,128 @@ from big_transfer_med import cli
 from big_transfer_med import models
 from big_transfer_med import paths
 from big_transfer_med import run_dir
+from input_pipeline import errors
 from input_pipeline import preprocessing
 from input_pipeline import xray_io
 
 # Overlay colours of classes 0, 1, ... (RGB), cycled.
 COLOURS = ((255, 64, 32), (32, 200, 255), (80, 255, 64), (255, 220, 0))
+# What --images=DIR picks up; DICOM files often have no suffix at all.
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", "")
+
+
+def find_images(images: str) -> Tuple[str, List[str]]:
+  """(folder the paths are relative to, sorted image paths) of a folder
+  (recursively; hidden files skipped) or of a text file of paths (one per
+  line, relative to the file's folder unless absolute)."""
+  images = paths.absolute(images)
+  if os.path.isdir(images):
+    found = []
+    for root, folders, files in os.walk(images):
+      folders[:] = [d for d in folders if not d.startswith(".")]
+      found += [os.path.relpath(os.path.join(root, f), images) for f in files
+                if not f.startswith(".")
+                and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
+    if not found:
+      raise errors.DataError(f"--images={images}: no {', '.join(s for s in IMAGE_SUFFIXES if s)} "
+                             "or suffix-less files under it.")
+    return images, sorted(found)
+  if not os.path.isfile(images):
+    raise errors.DataError(f"--images={images}: no such folder or file.")
+  with open(images) as f:
+    listed = [line.strip() for line in f if line.strip()]
+  if not listed:
+    raise errors.DataError(f"--images={images}: the list is empty.")
+  return os.path.dirname(images), listed
 
 
 def predict(workdir: str, image_paths: Sequence[str],
-            out_dir: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
-  """{path: {label: probability}} for each image file; for a segmentation
-  run, {path: {'masks', 'overlay', 'area'}} with the PNGs written to
-  `out_dir` (default WORKDIR/predictions)."""
+            out_dir: Optional[str] = None, checkpoint: str = "latest",
+            batch_size: int = 16, root: str = "",
+            progress: bool = False) -> Dict[str, Dict[str, Any]]:
+  """{path: {label: probability}} for each image file (`root` joined to
+  relative paths); for a segmentation run, {path: {'masks', 'overlay',
+  'area'}} with the PNGs written to `out_dir` (default WORKDIR/predictions);
+  {path: {'error': why}} for a file that cannot be read or is not a chest
+  radiograph. `checkpoint`: 'latest', 'best' or a step."""
+  if checkpoint not in run_dir.CHOICES and not checkpoint.isdigit():
+    raise errors.ConfigError(f"--checkpoint={checkpoint!r}: expected latest, "
+                             "best or a step number.")
   workdir = paths.absolute(workdir)
   config = run_dir.load_config(workdir)
   labels = run_dir.load_labels(workdir)
   names = labels["label_names"]
-  task = config.task  # load_config fills it for runs from before the key.
-  segmentation = task == "segmentation"
-  variables = run_dir.load_variables(workdir)
-  model = models.from_config(config.model, len(names), task=task)
+  segmentation = config.task == "segmentation"
+  variables, source = run_dir.read_checkpoint(workdir, checkpoint)
+  model = models.from_config(config.model, len(names), task=config.task)
+  prepare = lambda image: preprocessing.preprocess(  # noqa: E731
+      tf.constant(image), config.data, train=False,
+      rng=tf.zeros([2], tf.int64), whole_image=segmentation).numpy()
+  input_shape = prepare(np.zeros((8, 8, 1), np.float32)).shape
+  check_fits(model, variables, input_shape, source, len(names))
   # Variables are an argument, not constants folded into the executable.
   apply = jax.jit(lambda v, images: model.apply(v, images, train=False))
   if segmentation:
     out_dir = paths.absolute(out_dir or os.path.join(workdir, "predictions"))
     os.makedirs(out_dir, exist_ok=True)
   out, stems = {}, set()
-  for path in image_paths:
-    image = xray_io.read_xray(path)[..., None]  # float32 [H, W, 1] in [0, 1].
-    inputs = preprocessing.preprocess(
-        tf.constant(image), config.data, train=False,
-        rng=tf.zeros([2], tf.int64), whole_image=segmentation)
-    logits = np.asarray(apply(variables, inputs.numpy()[None])[0])
-    if segmentation:
-      stem = _unique_stem(path, stems)
-      out[path] = write_masks(image[..., 0], logits, config.data, names,
-                              os.path.join(out_dir, stem))
-      continue
-    probabilities = (jax.nn.sigmoid(logits) if labels["multi_label"]
-                     else jax.nn.softmax(logits))
-    out[path] = {name: round(float(p), 6) for name, p in
-                 zip(names, np.asarray(probabilities))}
-  return out
+  with _progress(len(image_paths), progress) as bar:
+    for first in range(0, len(image_paths), batch_size):
+      batch = {}
+      for path in image_paths[first:first + batch_size]:
+        try:
+          problem = xray_io.not_a_chest_radiograph(os.path.join(root, path))
+          if problem:
+            raise errors.DataError(problem)
+          image = xray_io.read_xray(os.path.join(root, path))[..., None]
+          batch[path] = (image, prepare(image))
+        except errors.DataError as e:
+          out[path] = {"error": str(e)}
+      if batch:
+        inputs = np.stack([x for _, x in batch.values()])
+        padded = np.zeros((batch_size,) + inputs.shape[1:], inputs.dtype)
+        padded[:len(inputs)] = inputs  # One program for every batch.
+        logits = np.asarray(apply(variables, padded))[:len(inputs)]
+        for (path, (image, _)), row in zip(batch.items(), logits):
+          out[path] = (write_masks(image[..., 0], row, config.data, names,
+                                   os.path.join(out_dir,
+                                                _unique_stem(path, stems)))
+                       if segmentation else
+                       _probabilities(row, names, labels["multi_label"]))
+      bar.update(min(batch_size, len(image_paths) - first))
+  return {path: out[path] for path in image_paths}
+
+
+def _progress(total: int, show: bool):
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, unit="image", disable=not show, leave=False)
+
+
+def _probabilities(logits, names, multi_label: bool) -> Dict[str, float]:
+  probabilities = (jax.nn.sigmoid(logits) if multi_label
+                   else jax.nn.softmax(logits))
+  return {name: round(float(p), 6) for name, p in
+          zip(names, np.asarray(probabilities))}
+
+
+def check_fits(model, variables, input_shape, source: str,
+               num_classes: int) -> None:
+  """Fails before any image is read when the checkpoint's tensors do not fit
+  the model that the run's config and labels.json describe."""
+  expected = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), np.zeros((1,) + input_shape,
+                                                          np.float32)))
+  want = dict(jax.tree_util.tree_leaves_with_path(expected))
+  have = dict(jax.tree_util.tree_leaves_with_path(variables))
+  for key, leaf in want.items():
+    got = have.get(key)
+    if got is None or tuple(got.shape) != tuple(leaf.shape):
+      raise errors.CheckpointMismatchError(
+          f"{source}: {jax.tree_util.keystr(key)} is "
+          f"{'missing' if got is None else tuple(got.shape)}, but the run's "
+          f"config and labels.json ({num_classes} classes) make it "
+          f"{tuple(leaf.shape)}: labels.json and the checkpoint are not of "
+          "the same run.")
 
 
 def _unique_stem(path: str, taken: set) -> str:
@@ -139,16 +229,54 @@ def _write_png(path: str, array: np.ndarray) -> str:
 
 
 def main(argv):
+  f = flags.FLAGS
   tf.config.set_visible_devices([], "GPU")
-  images = argv[1:]
+  if f.batch_size < 1:
+    raise errors.ConfigError(f"--batch_size={f.batch_size}: give 1 or more.")
+  root, images = ("", list(argv[1:]))
+  if f.images:
+    if images:
+      raise app.UsageError("Give --images or image files, not both.")
+    root, images = find_images(f.images)
   if not images:
-    raise app.UsageError("Give one or more image files after the flags.")
-  print(json.dumps(predict(flags.FLAGS.workdir, images, flags.FLAGS.out_dir),
-                   indent=2))
+    raise app.UsageError("Give --images=DIR (or a list file) or image files "
+                         "after the flags.")
+  out = predict(f.workdir, images, f.out_dir, f.checkpoint, f.batch_size,
+                root, progress=True)
+  if not f.out_csv:
+    print(json.dumps(out, indent=2))
+    return
+  failed = write_csv(out, f.out_csv, run_dir.load_labels(
+      paths.absolute(f.workdir))["label_names"])
+  print(f"Wrote {paths.absolute(f.out_csv)}: {len(out) - failed} predicted, "
+        f"{failed} with an error.")
+
+
+def write_csv(predictions: Dict[str, Dict[str, Any]], path: str,
+              names: Sequence[str]) -> int:
+  """Writes `path,<names>,error` (a segmentation run: each class's area);
+  returns how many rows have an error."""
+  failed = 0
+  with atomic_files.open_atomically(paths.absolute(path), newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", *names, "error"])
+    for image, result in predictions.items():
+      values = result.get("area", result)
+      failed += "error" in result
+      writer.writerow([image, *(values.get(n, "") for n in names),
+                       result.get("error", "")])
+  return failed
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "Run directory written by the trainer.")
+  flags.DEFINE_string("checkpoint", "latest", "Which checkpoint of the run: "
+                      "latest, best or a step.")
+  flags.DEFINE_string("images", None, "A folder of images (read "
+                      "recursively) or a text file listing one per line.")
+  flags.DEFINE_string("out_csv", None, "Write path,<class...>,error here "
+                      "instead of printing JSON.")
+  flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
   flags.DEFINE_string("out_dir", None, "Segmentation runs: where the mask and "
                       "overlay PNGs go (default: WORKDIR/predictions).")
   flags.mark_flag_as_required("workdir")

@@ -236,9 +236,11 @@ def load_labels(workdir: str) -> Dict[str, Any]:
 
 
 def split_choice(spec: str) -> Tuple[str, str]:
-  """('RUN', 'best' | 'latest' | '') of 'RUN:best', 'RUN:latest' or 'RUN'."""
+  """('RUN', 'best' | 'latest' | 'STEP' | '') of 'RUN:best', 'RUN:latest',
+  'RUN:1200' (the checkpoint of that step) or 'RUN'."""
   path, sep, choice = spec.rpartition(":")
-  return (path, choice) if sep and choice in CHOICES else (spec, "")
+  return ((path, choice) if sep and (choice in CHOICES or choice.isdigit())
+          else (spec, ""))
 
 
 def run_of(path: str) -> str:
@@ -270,10 +272,20 @@ def read_checkpoint(path: str, choice: str = "latest"
                     ) -> Tuple[Dict[str, Any], str]:
   """(model variables as numpy arrays, what was read: 'FOLDER (best, step
   N)') of a run of ours: `path` is its workdir or checkpoint folder, `choice`
-  'latest', 'best' or '' (best if the run kept one, else latest)."""
-  directory, kind = _checkpoint_folder(path, choice)
+  'latest', 'best', a step ('1200') or '' (best if the run kept one, else
+  latest)."""
+  step = int(choice) if choice.isdigit() else None
+  directory, kind = _checkpoint_folder(
+      path, "latest" if step is not None else choice)
   manager = ocp.CheckpointManager(os.path.abspath(directory))
-  step = manager.latest_step()
+  if step is not None and step not in manager.all_steps():
+    raise errors.CheckpointMismatchError(
+        f"{path}:{step}: no checkpoint of step {step} in {directory}; it "
+        f"holds steps {sorted(manager.all_steps())}.")
+  if step is None:
+    step = manager.latest_step()
+  else:
+    kind = "chosen"
   if step is None:
     raise errors.CheckpointMismatchError(
         f"{path!r} holds no checkpoint: give a workdir of a finished run (or "

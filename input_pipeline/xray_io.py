@@ -22,8 +22,7 @@ def _is_dicom(path: epath.Path) -> bool:
 def _read_dicom(path: epath.Path) -> np.ndarray:
   import pydicom  # pylint: disable=g-import-not-at-top
   from pydicom.pixels import apply_modality_lut  # pylint: disable=g-import-not-at-top
-  with path.open("rb") as f:
-    ds = pydicom.dcmread(f)
+  ds = _dicom_header(path, pixels=True)
   photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
   if photometric not in ("MONOCHROME1", "MONOCHROME2"):
     raise errors.DataError(f"{path}: photometric interpretation {photometric} "
@@ -49,6 +48,41 @@ def _read_dicom(path: epath.Path) -> np.ndarray:
   if photometric == "MONOCHROME1":  # Minimum is white: invert.
     image = 1.0 - image
   return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def _dicom_header(path: epath.Path, pixels: bool = False):
+  """The parsed DICOM file (without its pixel data unless `pixels`)."""
+  import pydicom  # pylint: disable=g-import-not-at-top
+  try:
+    with path.open("rb") as f:
+      return pydicom.dcmread(f, stop_before_pixels=not pixels)
+  except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError,
+          KeyError, TypeError) as e:
+    raise errors.DataError(f"{path}: not a readable DICOM file ({e}).") from e
+
+
+# DICOM modalities of projection radiographs: CR (computed), DX (digital),
+# RG (radiographic imaging, e.g. digitised film).
+RADIOGRAPH_MODALITIES = ("CR", "DX", "RG")
+CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "PORT CHEST")
+
+
+def not_a_chest_radiograph(path) -> str:
+  """Why the file's own DICOM header says it is not a chest radiograph
+  (Modality, BodyPartExamined), or '' (also for PNG / JPEG, which say
+  nothing of the kind). Empty header fields are not held against it."""
+  path = epath.Path(path)
+  if not path.exists() or not _is_dicom(path):
+    return ""
+  ds = _dicom_header(path)
+  modality = str(ds.get("Modality", "") or "").upper()
+  body_part = str(ds.get("BodyPartExamined", "") or "").upper()
+  if modality and modality not in RADIOGRAPH_MODALITIES:
+    return (f"not a radiograph (DICOM Modality {modality}; expected one of "
+            f"{', '.join(RADIOGRAPH_MODALITIES)})")
+  if body_part and body_part not in CHEST_BODY_PARTS:
+    return f"not a chest image (DICOM BodyPartExamined {body_part})"
+  return ""
 
 
 def _read_raster(path: epath.Path) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Transfer targets: the Tuberculosis and COVIDx builders, PadChest-Cl,
 the transfer config, and predict on the real RG1 radiograph."""
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -171,11 +173,91 @@ def test_predict_on_real_rg1_dicom_and_its_png(chest_run, tmp_path):
       text=True, timeout=300)
   assert cli.returncode == 0, cli.stderr[-2000:]
   assert json.loads(cli.stdout) == {dicom: result[dicom]}
-  missing = subprocess.run(
-      [sys.executable, "-m", "big_transfer_med.predict",
-       f"--workdir={workdir}", str(tmp_path / "nope.dcm")], cwd=REPO,
-      capture_output=True, text=True, timeout=300)
-  assert missing.returncode == 2 and "nope.dcm: no such file" in missing.stderr
+
+
+
+@pytest.mark.slow
+def test_predict_a_folder_to_csv_naming_each_bad_file(chest_run, tmp_path):
+  """--images=DIR --out_csv: every image under the folder, one row each; a
+  missing, garbage, truncated or MR file gets its error on its row and the
+  rest go on; --checkpoint picks a step; a step the run lacks, and a
+  labels.json that does not fit the checkpoint, stop with one line before
+  any image is read, leaving the CSV already written alone."""
+  import pydicom  # pylint: disable=g-import-not-at-top
+  workdir, _ = chest_run
+  images = tmp_path / "images"
+  (images / "sub").mkdir(parents=True)
+  dicom = get_testdata_file("RG1_UNCR.dcm")
+  shutil.copy(dicom, images / "sub" / "rg1.dcm")
+  mr = pydicom.dcmread(dicom)
+  mr.Modality = "MR"
+  mr.save_as(images / "mr.dcm")
+  (images / "garbage.dcm").write_bytes(b"not a DICOM file" * 10)
+  png = xray_io.read_xray(dicom)
+  Image.fromarray(np.round(png * 255).astype(np.uint8)).save(images / "a.png")
+  (images / "cut.png").write_bytes((images / "a.png").read_bytes()[:200])
+  (images / "notes.txt").write_text("not an image")
+  command = [sys.executable, "-m", "big_transfer_med.predict",
+             f"--workdir={workdir}", "--images=images", "--out_csv=preds.csv",
+             "--checkpoint=2", "--batch_size=2"]
+  result = subprocess.run(command, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=dict(
+                              os.environ, PYTHONPATH=REPO))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "2 predicted, 3 with an error" in result.stdout
+  with open(tmp_path / "preds.csv") as f:
+    rows = {r["path"]: r for r in csv.DictReader(f)}
+  names = list(labels_lib.label_set("chexpert5"))
+  assert sorted(rows) == ["a.png", "cut.png", "garbage.dcm", "mr.dcm",
+                          "sub/rg1.dcm"]
+  assert "not a readable DICOM file" in rows["garbage.dcm"]["error"]
+  assert "cannot decode image" in rows["cut.png"]["error"]
+  assert ("not a radiograph (DICOM Modality MR; expected one of CR, DX, RG)"
+          in rows["mr.dcm"]["error"])
+  expected = predict.predict(workdir, [dicom], checkpoint="2")[dicom]
+  for name in names:
+    assert float(rows["sub/rg1.dcm"][name]) == pytest.approx(
+        expected[name], abs=1e-6)
+    assert rows["garbage.dcm"][name] == ""
+  assert rows["sub/rg1.dcm"]["error"] == rows["a.png"]["error"] == ""
+  assert float(rows["a.png"][names[0]]) == pytest.approx(
+      expected[names[0]], abs=2e-3)  # The same image, 8 bits.
+  written = (tmp_path / "preds.csv").read_bytes()
+
+  result = subprocess.run(command[:-2] + ["--checkpoint=7"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+  checkpoints = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+  assert 2 in steps and 7 not in steps
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"ERROR: {workdir}:7: no checkpoint of step 7 in {checkpoints}; it "
+      f"holds steps {steps}."]
+  other = tmp_path / "other_run"
+  shutil.copytree(workdir, other)
+  with open(other / "labels.json") as f:
+    labels = json.load(f)
+  labels["label_names"].append("Pneumothorax")
+  with open(other / "labels.json", "w") as f:
+    json.dump(labels, f)
+  result = subprocess.run(command[:3] + [
+      f"--workdir={other}", "--images=images", "--out_csv=preds.csv"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  assert result.returncode == 2
+  line = result.stderr.strip().splitlines()[-1]  # After "Read the ...".
+  assert result.stderr.count("ERROR") == 1 and line.startswith("ERROR: ")
+  assert "labels.json and the checkpoint are not of the same run" in line
+  assert "['params']['head']['bias'] is (5,)" in line
+  assert "(6 classes)" in line
+  assert (tmp_path / "preds.csv").read_bytes() == written
+  result = subprocess.run(command[:4] + [str(tmp_path / "nope.dcm")],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "nope.dcm: no such file" in json.loads(result.stdout)[
+      str(tmp_path / "nope.dcm")]["error"]
 
 
 @pytest.mark.slow
