@@ -344,3 +344,14 @@ def test_ctrl_c_is_a_preemption_and_a_second_one_stops_at_once():
   assert str(preemption.Preempted(4, notice.signal_name)) == (
       "Preempted (SIGINT): saved a checkpoint at step 4; run the same "
       "command to continue from it.")
+
+
+@pytest.mark.parametrize("spec,parts", [
+    ("runs/up", ("runs/up", "")), ("runs/up:best", ("runs/up", "best")),
+    ("runs/up:latest", ("runs/up", "latest")),
+    ("runs/up:1200", ("runs/up", "1200")),
+    ("gs://bucket/up", ("gs://bucket/up", "")),
+    ("gs://bucket/up:40", ("gs://bucket/up", "40")),
+    ("runs/a:b", ("runs/a:b", ""))])
+def test_a_checkpoint_spec_names_a_run_and_which_checkpoint(spec, parts):
+  assert run_dir.split_choice(spec) == parts
