@@ -252,8 +252,7 @@ def evaluate(predictions_csv: str, labels_csv: str, out_dir: str,
             "labelled rows without a prediction (left out)": unpredicted,
             "predictions without a label row (left out)":
                 len(predictions.scores) - len(scores)}
-  _write_report(out_dir, results, bands, counts, scores, values,
-                labels.findings)
+  _write_report(out_dir, results, bands, counts, scores, values)
   return results
 
 
@@ -264,7 +263,7 @@ def _threshold_on(scores, labels):
   return youden_threshold(scores[keep], labels[keep])
 
 
-def _write_report(out_dir, results, bands, counts, scores, values, findings):
+def _write_report(out_dir, results, bands, counts, scores, values):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top

@@ -109,10 +109,8 @@ def predict(workdir: str, image_paths: Sequence[str],
       batch = {}
       for path in image_paths[first:first + batch_size]:
         try:
-          problem = xray_io.not_a_chest_radiograph(os.path.join(root, path))
-          if problem:
-            raise errors.DataError(problem)
-          image = xray_io.read_xray(os.path.join(root, path))[..., None]
+          image = xray_io.read_xray(os.path.join(root, path),
+                                    chest_only=True)[..., None]
           batch[path] = (image, prepare(image))
         except errors.DataError as e:
           out[path] = {"error": str(e)}

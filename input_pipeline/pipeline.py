@@ -126,7 +126,7 @@ def _index(builder, split: str, data) -> split_index.Columns:
             "start-up independent of image bytes:\n  %s", builder.data_dir,
             split_index.rebuild_command(builder))
       columns = split_index.columns_of(data.data_source,
-                                        builder.info.features)
+                                       builder.info.features)
     _INDEXES[key] = columns
   return _INDEXES[key]
 

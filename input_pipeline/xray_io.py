@@ -19,10 +19,12 @@ def _is_dicom(path: epath.Path) -> bool:
       ".dcm", ".dicom")
 
 
-def _read_dicom(path: epath.Path) -> np.ndarray:
-  import pydicom  # pylint: disable=g-import-not-at-top
+def _read_dicom(path: epath.Path, chest_only: bool) -> np.ndarray:
   from pydicom.pixels import apply_modality_lut  # pylint: disable=g-import-not-at-top
-  ds = _dicom_header(path, pixels=True)
+  ds = _read_dataset(path)
+  problem = _not_a_chest_radiograph(ds) if chest_only else ""
+  if problem:
+    raise errors.DataError(f"{path}: {problem}.")
   photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
   if photometric not in ("MONOCHROME1", "MONOCHROME2"):
     raise errors.DataError(f"{path}: photometric interpretation {photometric} "
@@ -50,12 +52,12 @@ def _read_dicom(path: epath.Path) -> np.ndarray:
   return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def _dicom_header(path: epath.Path, pixels: bool = False):
-  """The parsed DICOM file (without its pixel data unless `pixels`)."""
+def _read_dataset(path: epath.Path):
+  """The parsed DICOM file (its pixel data decoded only when asked for)."""
   import pydicom  # pylint: disable=g-import-not-at-top
   try:
     with path.open("rb") as f:
-      return pydicom.dcmread(f, stop_before_pixels=not pixels)
+      return pydicom.dcmread(f)
   except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError,
           KeyError, TypeError) as e:
     raise errors.DataError(f"{path}: not a readable DICOM file ({e}).") from e
@@ -67,14 +69,10 @@ RADIOGRAPH_MODALITIES = ("CR", "DX", "RG")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "PORT CHEST")
 
 
-def not_a_chest_radiograph(path) -> str:
-  """Why the file's own DICOM header says it is not a chest radiograph
-  (Modality, BodyPartExamined), or '' (also for PNG / JPEG, which say
-  nothing of the kind). Empty header fields are not held against it."""
-  path = epath.Path(path)
-  if not path.exists() or not _is_dicom(path):
-    return ""
-  ds = _dicom_header(path)
+def _not_a_chest_radiograph(ds) -> str:
+  """Why a DICOM header says its image is not a chest radiograph
+  (Modality, BodyPartExamined), or ''. Empty fields are not held against
+  it."""
   modality = str(ds.get("Modality", "") or "").upper()
   body_part = str(ds.get("BodyPartExamined", "") or "").upper()
   if modality and modality not in RADIOGRAPH_MODALITIES:
@@ -101,14 +99,18 @@ def _read_raster(path: epath.Path) -> np.ndarray:
   raise errors.DataError(f"{path}: unsupported pixel type {array.dtype}.")
 
 
-def read_xray(path) -> np.ndarray:
+def read_xray(path, chest_only: bool = False) -> np.ndarray:
   """Reads a radiograph as float32 [H, W] in [0, 1], bright = dense.
 
   DICOM: modality LUT (rescale slope/intercept), normalised by the range of
   BitsStored, MONOCHROME1 inverted; compressed transfer syntaxes decode where
   pydicom's plugins can. PNG: 8-bit / 255, 16-bit / 65535. JPEG: / 255.
+  With `chest_only`, a DICOM whose header says it is not a chest radiograph
+  (Modality other than CR / DX / RG, another BodyPartExamined) is refused
+  (PNG and JPEG files say nothing of the kind).
   """
   path = epath.Path(path)
   if not path.exists():
     raise errors.DataError(f"{path}: no such file.")
-  return _read_dicom(path) if _is_dicom(path) else _read_raster(path)
+  return (_read_dicom(path, chest_only) if _is_dicom(path)
+          else _read_raster(path))
