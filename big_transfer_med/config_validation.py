@@ -73,6 +73,13 @@ def choice(options: Sequence[str]) -> Rule:
   return Rule(f"one of {list(options)}", lambda v: v in options)
 
 
+def choice_or_folder(options: Sequence[str]) -> Rule:
+  """One of `options`, or a folder dataset 'folder:NAME'."""
+  options = tuple(options)
+  return Rule(f"one of {list(options)} or {choices.FOLDER_PREFIX}NAME",
+              lambda v: v in options or bool(choices.folder_name(v)))
+
+
 def boolean() -> Rule:
   return Rule("True or False", lambda v: isinstance(v, bool))
 
@@ -134,10 +141,10 @@ RULES: Dict[str, Rule] = {
     "data.train_split": string(nonempty=True),
     "data.eval_split": string(nonempty=True),
     "data.classes": sequence(integer(0), unique=True),
-    "data.sources": sequence(choice(sorted(choices.CXR_SOURCES)),
+    "data.sources": sequence(choice_or_folder(sorted(choices.CXR_SOURCES)),
                              unique=True),
     "data.builder_config": string(nonempty=True),
-    "data.label_set": choice(sorted(labels.LABEL_SETS)),
+    "data.label_set": choice_or_folder(sorted(labels.LABEL_SETS)),
     "data.uncertain": choice(labels.UNCERTAIN_POLICIES),
     "data.missing": choice(("mask", "zeros")),
     "data.no_finding": choice(labels.NO_FINDING_RULES),
@@ -162,7 +169,7 @@ RULES: Dict[str, Rule] = {
     "data.examples_per_class": integer(0),
     "data.fewshot_seed": integer(0),
     "data.exclusive": boolean(),
-    "loss": choice(sorted(losses.LOSSES)),
+    "loss": choice(sorted(losses.LOSSES) + [losses.BY_LABELS]),
     "batch_size": integer(1),
     "accum_steps": integer(1),
     "total_steps": integer(0, optional=True),

@@ -77,6 +77,9 @@ def loss_mask(batch):
   return batch["mask"]
 
 
+# config.loss when the data decide (a folder dataset): softmax_xent for
+# single-label data, sigmoid_xent for multi-label (train.resolve_config).
+BY_LABELS = "by_labels"
 # Losses by name (config.loss): a new loss adds an entry here.
 LOSSES = {"softmax_xent": softmax_xent, "sigmoid_xent": sigmoid_xent,
           "dice": soft_dice, "dice_sigmoid_xent": dice_sigmoid_xent}

@@ -55,6 +55,8 @@ def resolve_config(config, data) -> ml_collections.ConfigDict:
   size, the seed's warmup K and the primary metric chosen, and what they
   leave checked."""
   config = hyperrule.apply(config, len(data.train), data.image_size)
+  if config.loss == losses.BY_LABELS:
+    config.loss = "sigmoid_xent" if data.multi_label else "softmax_xent"
   if config.schedule.warmup_start == "lr_over_k" and not config.schedule.warmup_k:
     config.schedule.warmup_k = jax.device_count()
   config_validation.validate(config, resolved=True)

@@ -5,7 +5,8 @@ r"""Upstream BiT-R50x1 pre-training on chest X-rays (the seed paper's recipe).
       --config=configs/r50x1_chest.py:sources=chexpert+mimic,label_set=union ...
 
 Arguments (comma-separated key=value): sources (joined by '+'; default all
-four), label_set (default: see the recipe), model (default R50x1; also
+four; folder:NAME is a dataset built by big_transfer_med.import_folder, whose
+findings map onto the label set by name, or alone its own), label_set (default: see the recipe), model (default R50x1; also
 torchvision's resnet50 family, with ImageNet normalisation), res (default
 224), views ('frontal' or 'all'; default: see the recipe), init (a
 checkpoint to start from: continual pre-training, e.g. model=resnet50,
@@ -42,7 +43,7 @@ ALL_VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
 def _seed_label_set(sources) -> str:
   if set(sources) <= {"chexpert", "mimic"}:
     return "chexpert13"
-  return OWN_LABEL_SET[sources[0]] if len(sources) == 1 else "common7"
+  return _own_label_set(sources[0]) if len(sources) == 1 else "common7"
 
 
 def _apply_seed_recipe(c, sources, args) -> None:
@@ -67,6 +68,12 @@ OWN_LABEL_SET = {"chexpert": "chexpert13", "mimic": "chexpert13",
                  "padchest_seed": "padchest27"}
 
 
+def _own_label_set(source: str) -> str:
+  """A public source's label set; a folder dataset ('folder:NAME') is its
+  own (its findings, its own head)."""
+  return OWN_LABEL_SET.get(source, source)
+
+
 def get_config(arg: str = ""):
   args = config_lib.parse_arguments(arg, ARGUMENTS, __file__)
   sources = tuple(args["sources"].split("+")) if "sources" in args else (
@@ -78,7 +85,7 @@ def get_config(arg: str = ""):
   c.loss = "sigmoid_xent"
   c.data.sources = sources
   c.data.label_set = args.get(
-      "label_set", OWN_LABEL_SET[sources[0]] if len(sources) == 1 else "common7")
+      "label_set", _own_label_set(sources[0]) if len(sources) == 1 else "common7")
   c.data.uncertain = "ignore"
   c.data.missing = "mask"
   if args.get("views", "frontal") == "all":

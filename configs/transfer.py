@@ -6,7 +6,11 @@ r"""BiT-HyperRule fine-tuning (full or few-shot) of any pre-trained model.
 target=padchest_cl,init=UPSTREAM_WORKDIR,model=R152x4,shots=5,seed=2
 
 Arguments (comma-separated key=value):
-  target  one of TARGETS below (required);
+  target  one of TARGETS below, or folder:NAME for a dataset built by
+          big_transfer_med.import_folder --name=NAME (required; single-label
+          folders train a softmax scored by accuracy, multi-label ones a
+          masked sigmoid scored by mean AUROC over the findings whose test
+          images hold both positives and negatives);
   init    a workdir of ours, a BiT .npz or a PyTorch .pth.tar (BiT, or a
           torchvision / self-supervised ResNet-50 as released; '' = scratch);
   model   R50x1 (default) ... R152x4, or resnet50 (torchvision's family:
@@ -49,6 +53,8 @@ imagenet for the seed's ImageNet-1k/21k models. Any key can still be
 overridden with --config.key=value.
 """
 from big_transfer_med import config_lib
+from big_transfer_med import losses
+from input_pipeline import choices
 from input_pipeline import errors
 
 # name -> (data settings, loss, primary metric).
@@ -88,7 +94,26 @@ TARGETS = {
 }
 SEGMENTATION_TARGETS = ("montgomery_lungs", "siim_pneumothorax")
 
-ARGUMENTS = {"target": config_lib.one_of(*sorted(TARGETS)), "init": str,
+
+
+def _target(value: str) -> str:
+  if value not in TARGETS and not choices.folder_name(value):
+    raise ValueError(value)
+  return value
+
+
+_target.__name__ = (f"choice among {', '.join(sorted(TARGETS))} or "
+                    f"{choices.FOLDER_PREFIX}NAME")
+
+
+def _folder_target(target: str):
+  """A folder dataset's data settings: its own findings (or classes); the
+  loss and metric follow its labels (train.resolve_config)."""
+  return ({"sources": (target,), "label_set": target, "crop_to_square": True,
+           "eval_split": "test"}, losses.BY_LABELS, "")
+
+
+ARGUMENTS = {"target": _target, "init": str,
              "model": str, "shots": int, "seed": int, "steps": int,
              "batch": int, "eval_batch": int, "lr": float, "res": int,
              "resize": int, "eval_split": str, "data_dir": str,
@@ -151,7 +176,8 @@ def get_config(arg: str = ""):
   if target is None:
     raise errors.ConfigError(f"configs/transfer.py needs target=<one of "
                              f"{sorted(TARGETS)}>.")
-  data, loss, metric = TARGETS[target]
+  data, loss, metric = (_folder_target(target) if choices.folder_name(target)
+                        else TARGETS[target])
   c = config_lib.base_config()
   config_lib.set_model(c, args.get("model", "R50x1"))
   c.init.checkpoint = args.get("init", "")

@@ -32,3 +32,13 @@ VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
 CXR_SOURCES = {"chexpert": "cxr_chexpert", "mimic": "cxr_mimic",
                "nih14": "cxr_nih14", "padchest": "cxr_padchest",
                "padchest_seed": "cxr_padchest_seed"}
+# A user's folder dataset (import_folder --name=NAME) as a source, a label
+# set (its own findings) or a transfer target: 'folder:NAME'.
+FOLDER_PREFIX = "folder:"
+
+
+def folder_name(value) -> str:
+  """NAME of 'folder:NAME', else ''."""
+  if isinstance(value, str) and value.startswith(FOLDER_PREFIX):
+    return value[len(FOLDER_PREFIX):]
+  return ""

@@ -10,7 +10,7 @@ NaN not mentioned. Training maps them onto a label set of canonical findings:
   * not-mentioned labels are masked (the seed code) or negative.
 """
 import re
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Union
 
 import numpy as np
 
@@ -128,7 +128,8 @@ class Harmonizer:
   `__call__` works on TF tensors (inside tf.data) and eagerly on NumPy.
   """
 
-  def __init__(self, source_label_names: Sequence[str], label_set_name: str,
+  def __init__(self, source_label_names: Sequence[str],
+               label_set_name: Union[str, Sequence[str]],
                uncertain: str = "ignore", missing: str = "mask",
                no_finding: str = "unmentioned"):
     if uncertain not in UNCERTAIN_POLICIES:
@@ -140,7 +141,10 @@ class Harmonizer:
     if missing not in ("mask", "zeros"):
       raise errors.ConfigError(f"config.data.missing={missing!r}: expected "
                                "'mask' or 'zeros'.")
-    self.names = tuple(label_set(label_set_name))
+    # A name of LABEL_SETS, or the label names themselves (a folder
+    # dataset's own findings).
+    self.names = tuple(label_set(label_set_name)
+                       if isinstance(label_set_name, str) else label_set_name)
     by_canonical = {canonical(n): i for i, n in enumerate(source_label_names)}
     # Column of the source for each target finding; -1 = not annotated.
     self.columns = np.array([by_canonical.get(n, -1) for n in self.names],

@@ -22,11 +22,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import errors
-from input_pipeline.choices import CXR_SOURCES
+from input_pipeline import choices
 from input_pipeline import labels as labels_lib
 from input_pipeline import preprocessing
 from input_pipeline import split_index
 import input_pipeline.datasets  # noqa: F401  (registers our builders)
+from input_pipeline.datasets import cxr_folder
 
 # Features that name an example, in order of preference.
 ID_FEATURES = ("source_path", "id", "image/filename", "file_name", "image_id")
@@ -430,21 +431,52 @@ def _open_named(c: ml_collections.ConfigDict):
       [ClassificationSource(builder, split, tuple(c.classes))])), None
 
 
+def _cxr_builder(source: str, c: ml_collections.ConfigDict):
+  """The built dataset of a config.data.sources entry."""
+  folder = choices.folder_name(source)
+  if folder:
+    return cxr_folder.load(folder, c.data_dir)
+  if source not in choices.CXR_SOURCES:
+    raise errors.ConfigError(
+        f"config.data.sources has {source!r}; expected some of "
+        f"{sorted(choices.CXR_SOURCES)} or {choices.FOLDER_PREFIX}NAME.")
+  return load_builder(f"{choices.CXR_SOURCES[source]}/{c.builder_config}",
+                      c.data_dir)
+
+
+def _label_set(c: ml_collections.ConfigDict, builders: dict):
+  """config.data.label_set: a name of labels.LABEL_SETS, or folder:NAME for
+  that folder dataset's own findings."""
+  folder = choices.folder_name(c.label_set)
+  if not folder:
+    return c.label_set
+  builder = builders.get(c.label_set) or cxr_folder.load(folder, c.data_dir)
+  return tuple(builder.info.metadata["label_names"])
+
+
 def _open_cxr(c: ml_collections.ConfigDict):
-  """config.data.sources: chest X-ray builders harmonised onto label_set."""
-  unknown = [s for s in c.sources if s not in CXR_SOURCES]
-  if unknown:
-    raise errors.ConfigError(f"config.data.sources has {unknown}; "
-                             f"expected some of {sorted(CXR_SOURCES)}.")
-  builders = [load_builder(f"{CXR_SOURCES[s]}/{c.builder_config}", c.data_dir)
-              for s in c.sources]
+  """config.data.sources: chest X-ray builders harmonised onto label_set; a
+  single-label folder dataset alone is read as classification data."""
+  builders = {s: _cxr_builder(s, c) for s in c.sources}
+  single = [s for s, b in builders.items()
+            if b.info.metadata.get("single_label")]
+  if single:
+    if len(builders) > 1:
+      raise errors.ConfigError(
+          f"config.data.sources={tuple(c.sources)}: {single[0]} is "
+          "single-label (a 'label' column) and cannot be mixed with "
+          "multi-label sources; train on it alone.")
+    builder = builders[single[0]]
+    return (lambda split: MixedSource(
+        [ClassificationSource(builder, split, tuple(c.classes))])), None
+  label_set = _label_set(c, builders)
   harmonizers = [labels_lib.Harmonizer(b.info.metadata["label_names"],
-                                       c.label_set, c.uncertain, c.missing,
+                                       label_set, c.uncertain, c.missing,
                                        c.no_finding)
-                 for b in builders]
+                 for b in builders.values()]
   return (lambda split: MixedSource([
       CxrSource(b, split, tuple(c.views), h, c.exclusive)
-      for b, h in zip(builders, harmonizers)])), harmonizers
+      for b, h in zip(builders.values(), harmonizers)])), harmonizers
 
 
 # Kinds of data, by name: each opens (split -> MixedSource, harmonizers or

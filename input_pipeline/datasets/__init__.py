@@ -5,6 +5,7 @@ Build one with:
 """
 # pylint: disable=unused-import
 from input_pipeline.datasets import cxr_chexpert  # noqa: F401
+from input_pipeline.datasets import cxr_folder  # noqa: F401
 from input_pipeline.datasets import cxr_mimic  # noqa: F401
 from input_pipeline.datasets import cxr_nih14  # noqa: F401
 from input_pipeline.datasets import cxr_padchest  # noqa: F401
