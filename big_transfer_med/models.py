@@ -194,13 +194,18 @@ def _head_initializers(head_init: str, fan_in: int):
               key, shape, dtype, -bound, bound))
 
 
-def _outputs(model, skips, x, train: bool, pre_logits: bool):
+def _outputs(model, skips, x, train: bool, pre_logits: bool,
+             feature_map: bool = False):
   """What either ResNet returns from its last stage's features `x` (and the
   earlier stages' `skips`, strides 2-16): a U-Net's per-pixel logits if it
-  has a decoder, else the pooled float32 features (`pre_logits` or no
-  head), else the dense head's float32 logits."""
+  has a decoder, else with `feature_map` the float32 map [B, h, w, C] the
+  head pools (class activation maps: saliency.py), else the pooled float32
+  features (`pre_logits` or no head), else the dense head's float32
+  logits."""
   if model.decoder_widths:
     return _segmentation_logits(model, skips, x, train)
+  if feature_map:
+    return x.astype(jnp.float32)
   features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
   if pre_logits or not model.num_classes:
     return features
@@ -231,7 +236,7 @@ class ResNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, pre_logits: bool = False,
-               train: bool = False):
+               feature_map: bool = False, train: bool = False):
     # `train` is part of every model's interface (the trainer passes True in
     # its step, evaluators False); BiT's encoder computes the same either
     # way (no BatchNorm, no dropout); a U-Net decoder's BatchNorm uses it.
@@ -254,7 +259,7 @@ class ResNetV2(nn.Module):
             name=f"block{stage + 1}_unit{unit + 1:02d}")(x)
       skips.append(x)
     x = nn.relu(GroupNorm(dtype=self.dtype, name="norm_pre_head")(x))
-    return _outputs(self, skips[:-1], x, train, pre_logits)
+    return _outputs(self, skips[:-1], x, train, pre_logits, feature_map)
 
 
 class BatchNorm(nn.Module):
@@ -373,7 +378,7 @@ class ResNetV1(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, pre_logits: bool = False,
-               train: bool = False):
+               feature_map: bool = False, train: bool = False):
     x = Conv(self.base_width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
              use_bias=False, dtype=self.dtype, lowering=self.conv_lowering,
              kernel_init=_TORCH_CONV_INIT, name="conv1")(images)
@@ -395,7 +400,7 @@ class ResNetV1(nn.Module):
                   conv_lowering=self.conv_lowering,
                   name=f"layer{stage + 1}_{unit}")(x)
       skips.append(x)
-    return _outputs(self, skips[:-1], x, train, pre_logits)
+    return _outputs(self, skips[:-1], x, train, pre_logits, feature_map)
 
 
 TASKS = ("classification", "segmentation")  # config.task.

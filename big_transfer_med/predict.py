@@ -13,6 +13,11 @@ class's predicted mask at the file's own size (<name>_<class>_mask.png,
 0/255) and an overlay of the masks' outlines and areas on the image
 (<name>_overlay.png).
 
+--saliency_dir=DIR writes class activation maps (saliency.py) of each
+image's top class (or --saliency_classes=A,B / all): <name>_<class>_cam.png,
+the image under the map, and <name>_<class>_cam.npy, the map at the image's
+size.
+
 A file that cannot be read, or a DICOM whose header says it is not a chest
 radiograph (Modality, BodyPartExamined), gets an error instead and the
 others go on. --images is a folder (every image under it, recursively) or a
@@ -39,6 +44,7 @@ from big_transfer_med import cli
 from big_transfer_med import models
 from big_transfer_med import paths
 from big_transfer_med import run_dir
+from big_transfer_med import saliency
 from input_pipeline import errors
 from input_pipeline import preprocessing
 from input_pipeline import xray_io
@@ -77,12 +83,18 @@ def find_images(images: str) -> Tuple[str, List[str]]:
 def predict(workdir: str, image_paths: Sequence[str],
             out_dir: Optional[str] = None, checkpoint: str = "latest",
             batch_size: int = 16, root: str = "",
-            progress: bool = False) -> Dict[str, Dict[str, Any]]:
+            progress: bool = False, saliency_dir: Optional[str] = None,
+            saliency_classes: Sequence[str] = ()
+            ) -> Dict[str, Dict[str, Any]]:
   """{path: {label: probability}} for each image file (`root` joined to
   relative paths); for a segmentation run, {path: {'masks', 'overlay',
   'area'}} with the PNGs written to `out_dir` (default WORKDIR/predictions);
   {path: {'error': why}} for a file that cannot be read or is not a chest
-  radiograph. `checkpoint`: 'latest', 'best' or a step."""
+  radiograph. `checkpoint`: 'latest', 'best' or a step. With
+  `saliency_dir`, each image's class activation maps (saliency.py) for
+  `saliency_classes` (default its top class; 'all') are written there as
+  <name>_<class>_cam.png / .npy at the image's size, listed under
+  'saliency'."""
   if checkpoint not in run_dir.CHOICES and not checkpoint.isdigit():
     raise errors.ConfigError(f"--checkpoint={checkpoint!r}: expected latest, "
                              "best or a step number.")
@@ -100,6 +112,16 @@ def predict(workdir: str, image_paths: Sequence[str],
   check_fits(model, variables, input_shape, source, len(names))
   # Variables are an argument, not constants folded into the executable.
   apply = jax.jit(lambda v, images: model.apply(v, images, train=False))
+  if saliency_dir:
+    if segmentation:
+      raise errors.ConfigError("--saliency_dir: a segmentation run draws its "
+                               "masks instead (--out_dir).")
+    saliency.chosen_classes(dict.fromkeys(names, 0.0), saliency_classes)
+    saliency_dir = paths.absolute(saliency_dir)
+    os.makedirs(saliency_dir, exist_ok=True)
+    # One pass gives both: a map's spatial mean is the logit (exact).
+    maps = jax.jit(lambda v, images: saliency.class_activation_maps(
+        model, v, images))
   if segmentation:
     out_dir = paths.absolute(out_dir or os.path.join(workdir, "predictions"))
     os.makedirs(out_dir, exist_ok=True)
@@ -118,15 +140,37 @@ def predict(workdir: str, image_paths: Sequence[str],
         inputs = np.stack([x for _, x in batch.values()])
         padded = np.zeros((batch_size,) + inputs.shape[1:], inputs.dtype)
         padded[:len(inputs)] = inputs  # One program for every batch.
-        logits = np.asarray(apply(variables, padded))[:len(inputs)]
-        for (path, (image, _)), row in zip(batch.items(), logits):
-          out[path] = (write_masks(image[..., 0], row, config.data, names,
-                                   os.path.join(out_dir,
-                                                _unique_stem(path, stems)))
-                       if segmentation else
-                       _probabilities(row, names, labels["multi_label"]))
+        cams = (np.asarray(maps(variables, padded))[:len(inputs)]
+                if saliency_dir else None)
+        logits = (cams.mean(axis=(1, 2)) if saliency_dir else
+                  np.asarray(apply(variables, padded))[:len(inputs)])
+        for i, ((path, (image, _)), row) in enumerate(zip(batch.items(),
+                                                          logits)):
+          if segmentation:
+            out[path] = write_masks(image[..., 0], row, config.data, names,
+                                    os.path.join(out_dir,
+                                                 _unique_stem(path, stems)))
+            continue
+          out[path] = _probabilities(row, names, labels["multi_label"])
+          if saliency_dir:
+            out[path]["saliency"] = _write_saliency(
+                image[..., 0], cams[i], input_shape, config.data, names,
+                saliency.chosen_classes(out[path], saliency_classes),
+                os.path.join(saliency_dir, _unique_stem(path, stems)))
       bar.update(min(batch_size, len(image_paths) - first))
   return {path: out[path] for path in image_paths}
+
+
+def _write_saliency(image, cams, input_shape, data_config, names, classes,
+                    prefix) -> Dict[str, str]:
+  """Each class's map at the image's size (placed on the model's input,
+  then its resize and crop undone): {class: overlay PNG path}."""
+  at_size = logits_at_image_size(
+      saliency.at_input_size(cams, *input_shape[:2]), data_config,
+      *image.shape)
+  return {name: saliency.write_map(image, at_size[..., names.index(name)],
+                                   f"{prefix}_{name}_cam")["png"]
+          for name in classes}
 
 
 def _progress(total: int, show: bool):
@@ -240,7 +284,8 @@ def main(argv):
     raise app.UsageError("Give --images=DIR (or a list file) or image files "
                          "after the flags.")
   out = predict(f.workdir, images, f.out_dir, f.checkpoint, f.batch_size,
-                root, progress=True)
+                root, progress=True, saliency_dir=f.saliency_dir,
+                saliency_classes=f.saliency_classes)
   if not f.out_csv:
     print(json.dumps(out, indent=2))
     return
@@ -277,5 +322,9 @@ if __name__ == "__main__":
   flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
   flags.DEFINE_string("out_dir", None, "Segmentation runs: where the mask and "
                       "overlay PNGs go (default: WORKDIR/predictions).")
+  flags.DEFINE_string("saliency_dir", None, "Write each image's class "
+                      "activation maps here (<name>_<class>_cam.png, .npy).")
+  flags.DEFINE_list("saliency_classes", [], "Classes to map (default: each "
+                    "image's top class; 'all').")
   flags.mark_flag_as_required("workdir")
   cli.run(main)
