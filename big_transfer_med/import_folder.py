@@ -23,7 +23,6 @@ if it fails. Then: configs/transfer.py:target=folder:NAME.
 import collections
 import os
 import re
-import shutil
 import sys
 
 import numpy as np
@@ -138,15 +137,13 @@ def report(table, problems, good_rows) -> str:
 
 def _build(table, max_short_side):
   """Builds the dataset; returns (builder, image problems). A failed build
-  leaves no folder of ours behind."""
+  leaves no folder behind (base.ArrayRecordBuilderMixin)."""
   from input_pipeline.datasets import cxr_folder  # pylint: disable=g-import-not-at-top
   target = cxr_folder.dataset_dir(FLAGS.name, FLAGS.data_dir)
   if target.parent.exists():
     raise errors.DataError(
         f"{target.parent} exists: a dataset named {FLAGS.name!r} is already "
         "built there. Choose another --name, or delete that folder to rebuild.")
-  created = [p for p in (target.parent.parent, target.parent)
-             if not p.exists()]
   config = cxr_folder.FolderConfig(
       name=FLAGS.name, images=os.path.abspath(FLAGS.images),
       labels=os.path.abspath(FLAGS.labels), findings=tuple(FLAGS.findings),
@@ -154,12 +151,7 @@ def _build(table, max_short_side):
       max_short_side=max_short_side, strict_images=FLAGS.strict,
       description=f"{FLAGS.images} labelled by {FLAGS.labels}")
   builder = cxr_folder.CxrFolder(config=config, data_dir=FLAGS.data_dir)
-  try:
-    builder.download_and_prepare()
-  except BaseException:
-    for path in reversed(created):
-      shutil.rmtree(path, ignore_errors=True)
-    raise
+  builder.download_and_prepare()
   return builder, _image_problems(table, builder.image_problems)
 
 

@@ -1,6 +1,8 @@
 """Chest X-ray TFDS builders on tiny folders in the publishers' exact layouts."""
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from input_pipeline.datasets import cxr_mimic
 from input_pipeline.datasets import cxr_nih14
 from input_pipeline.datasets import cxr_padchest
 from tests import tfds_testing
+from tests.test_main import REPO
 
 TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
 
@@ -159,6 +162,27 @@ def test_wrong_manual_dir_says_what_to_put_where(tmp_path):
   with pytest.raises(errors.DataError,
                      match="missing Data_Entry_2017_v2020.csv"):
     _build("cxr_nih14", tmp_path / "empty", tmp_path / "tfds")
+
+
+def test_tfds_build_without_the_files_is_an_error_line_and_leaves_nothing(
+    tmp_path):
+  """As typed: TFDS's own command line, our builder, a wrong manual_dir."""
+  data_dir = tmp_path / "tfds"
+  data_dir.mkdir()
+  (data_dir / "cxr_nih14_kept.txt").write_text("a user's file")
+  result = subprocess.run(
+      [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build",
+       "--imports=input_pipeline.datasets", "cxr_chexpert",
+       f"--manual_dir={tmp_path / 'nowhere'}", f"--data_dir={data_dir}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  errors_lines = [l for l in result.stderr.splitlines()
+                  if l.startswith("ERROR: ")]
+  assert len(errors_lines) == 1 and "nowhere" in errors_lines[0]
+  assert "CheXpert-v1.0-small/train.csv" in result.stderr  # What to put.
+  assert sorted(os.listdir(data_dir)) == ["cxr_nih14_kept.txt"]
 
 
 def test_labels_match_rows(tmp_path):

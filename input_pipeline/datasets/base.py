@@ -27,6 +27,21 @@ class ArrayRecordBuilderMixin:
   def __init__(self, *, file_format=None, **kwargs):
     super().__init__(file_format=file_format or "array_record", **kwargs)
 
+  def download_and_prepare(self, *args, **kwargs):
+    """TFDS's, leaving no folder behind when the build fails (TFDS removes
+    its incomplete copy, but not the dataset and config folders it made
+    for it, which would read as a dataset that exists)."""
+    root = epath.Path(self.data_dir_root)
+    made = [p for p in (root / self.name, epath.Path(self.data_dir).parent,
+                        root / "downloads") if not p.exists()]
+    try:
+      return super().download_and_prepare(*args, **kwargs)
+    except BaseException:
+      for path in made:
+        if path.exists():
+          path.rmtree()
+      raise
+
   def _generate_splits(self, dl_manager, download_config):
     """Builds the splits, then writes each one's index (split_index.py)."""
     split_infos = super()._generate_splits(dl_manager, download_config)
