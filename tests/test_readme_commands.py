@@ -1,4 +1,5 @@
-"""Every command in README.md is valid as typed (checked without running it).
+"""Every command in README.md and docs/*.md is valid as typed (checked
+without running it).
 
 Commands come from the ```bash blocks (continuations joined, comments dropped,
 split on `&&`, `||`, `;`, `|`; env-var prefixes, `srun ...`, `bash -c "..."` and
@@ -19,6 +20,7 @@ real value. Anything else (gcloud, pip, sed, cd, ...) is not checked.
 """
 import collections
 import functools
+import glob
 import importlib
 import importlib.util
 import json
@@ -425,12 +427,19 @@ def check_command(argv):
 
 # ------------------------------------------------------------------ tests
 
-COMMANDS = readme_commands()
+README_COMMANDS = readme_commands()
+# The docs pages' commands are held to the same rule.
+DOCS_COMMANDS = [(f"{os.path.relpath(path, REPO)}:{line}", argv)
+                 for path in sorted(glob.glob(os.path.join(REPO, "docs",
+                                                           "*.md")))
+                 for line, argv in readme_commands(path)]
+COMMANDS = README_COMMANDS + DOCS_COMMANDS
 
 
 def _id(line, argv):
   text = " ".join(argv)
-  return f"L{line}:" + (text if len(text) <= 70 else text[:67] + "...")
+  where = line if isinstance(line, str) else f"L{line}"
+  return f"{where}:" + (text if len(text) <= 70 else text[:67] + "...")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -440,16 +449,18 @@ def _prefetch_flags():
 
 @pytest.mark.slow
 def test_readme_has_commands():
-  kinds = [kind(argv) for _, argv in COMMANDS]
-  assert kinds.count("python") >= 10, COMMANDS
-  assert {"bash", "tfds"} <= set(kinds), COMMANDS
+  kinds = [kind(argv) for _, argv in README_COMMANDS]
+  assert kinds.count("python") >= 10, README_COMMANDS
+  assert {"bash", "tfds"} <= set(kinds), README_COMMANDS
+  assert len(DOCS_COMMANDS) >= 8, DOCS_COMMANDS
 
 
 @pytest.mark.parametrize("line,argv", COMMANDS,
                          ids=[_id(line, argv) for line, argv in COMMANDS])
 def test_readme_command(line, argv):
   problems = check_command(argv)
-  assert not problems, f"README.md line {line}: " + "; ".join(problems)
+  where = line if isinstance(line, str) else f"README.md line {line}"
+  assert not problems, f"{where}: " + "; ".join(problems)
 
 
 def test_parser_handles_quotes_comments_and_wrappers():
