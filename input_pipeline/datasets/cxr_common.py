@@ -98,12 +98,17 @@ def image_feature(config: CxrConfig, dtype=np.uint8) -> tfds.features.Image:
                        else config.image_format))
 
 
-def features(label_names: Sequence[str], image: tfds.features.Image
-             ) -> tfds.features.FeaturesDict:
+def features(label_names: Sequence[str], image: tfds.features.Image,
+             single_label: bool = False) -> tfds.features.FeaturesDict:
+  """A chest X-ray example: 'labels', a float per finding (1, 0, -1, NaN),
+  or with `single_label` 'label', one of `label_names`; and its metadata."""
+  labels = ({"label": tfds.features.ClassLabel(names=label_names)}
+            if single_label else
+            {"labels": tfds.features.Tensor(shape=(len(label_names),),
+                                            dtype=np.float32)})
   return tfds.features.FeaturesDict({
       "image": image,
-      "labels": tfds.features.Tensor(shape=(len(label_names),),
-                                     dtype=np.float32),
+      **labels,
       "patient_id": tfds.features.Text(),
       "study_id": tfds.features.Text(),
       "view": tfds.features.ClassLabel(names=VIEWS),

@@ -23,7 +23,6 @@ from etils import epath
 from input_pipeline import errors
 from input_pipeline import folder_labels
 from input_pipeline import xray_io
-from input_pipeline.choices import VIEWS
 from input_pipeline.datasets import cxr_common
 
 BUILDER_NAME = "cxr_folder"
@@ -110,20 +109,9 @@ class CxrFolder(cxr_common.CxrBuilder):
 
   def _info(self):
     table = self.table()
-    image = cxr_common.image_feature(self.builder_config)
-    if table.single_label:
-      features = tfds.features.FeaturesDict({
-          "image": image,
-          "label": tfds.features.ClassLabel(names=table.label_names),
-          "patient_id": tfds.features.Text(),
-          "study_id": tfds.features.Text(),
-          "view": tfds.features.ClassLabel(names=VIEWS),
-          "sex": tfds.features.Text(),
-          "age": np.float32,
-          "source_path": tfds.features.Text(),
-      })
-    else:
-      features = cxr_common.features(table.label_names, image)
+    features = cxr_common.features(
+        table.label_names, cxr_common.image_feature(self.builder_config),
+        table.single_label)
     return self.dataset_info_from_configs(
         description=f"Chest X-rays of {self.builder_config.images} labelled "
                     f"by {self.builder_config.labels}.",
