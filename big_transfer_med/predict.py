@@ -167,7 +167,7 @@ def _write_saliency(image, cams, input_shape, data_config, names, classes,
   then its resize and crop undone): {class: overlay PNG path}."""
   at_size = logits_at_image_size(
       saliency.at_input_size(cams, *input_shape[:2]), data_config,
-      *image.shape)
+      *image.shape, whole_image=False)
   return {name: saliency.write_map(image, at_size[..., names.index(name)],
                                    f"{prefix}_{name}_cam")["png"]
           for name in classes}
@@ -216,19 +216,38 @@ def _unique_stem(path: str, taken: set) -> str:
   return name
 
 
+def input_region(data_config, height: int, width: int, whole_image: bool
+                 ) -> Tuple[int, int, int, int]:
+  """(top, left, rows, columns) of an image [height, width] that the
+  model's evaluation input shows (preprocessing.preprocess): the centre
+  square with data.crop_to_square, and of that, with data.augment=
+  'resized_crop' (not for whole-image segmentation), the centre
+  resolution / resize of the resized copy."""
+  top, left, rows, columns = 0, 0, height, width
+  if data_config.crop_to_square:
+    side = min(height, width)
+    top, left, rows, columns = (height - side) // 2, (width - side) // 2, side, side
+  resized = data_config.resize or data_config.resolution
+  if (data_config.augment == "resized_crop" and not whole_image
+      and resized > data_config.resolution):
+    offset = (resized - data_config.resolution) // 2
+    top += round(offset * rows / resized)
+    left += round(offset * columns / resized)
+    rows = round(rows * data_config.resolution / resized)
+    columns = round(columns * data_config.resolution / resized)
+  return top, left, rows, columns
+
+
 def logits_at_image_size(logits: np.ndarray, data_config, height: int,
-                         width: int) -> np.ndarray:
+                         width: int, whole_image: bool = True) -> np.ndarray:
   """Per-pixel logits [h, w, C] of the model's input mapped back onto the
-  original image [height, width, C] (bilinear): undoes the evaluation
-  resize and, with data.crop_to_square, places the centre square (the
-  pixels outside it get no prediction: -inf)."""
-  if not data_config.crop_to_square:
-    return tf.image.resize(logits, [height, width]).numpy()
-  side = min(height, width)
-  top, left = (height - side) // 2, (width - side) // 2
+  original image [height, width, C] (bilinear): the evaluation resize and
+  crops undone (input_region); pixels the model did not see get -inf."""
+  top, left, rows, columns = input_region(data_config, height, width,
+                                          whole_image)
   full = np.full((height, width, logits.shape[-1]), -np.inf, np.float32)
-  full[top:top + side, left:left + side] = tf.image.resize(
-      logits, [side, side]).numpy()
+  full[top:top + rows, left:left + columns] = tf.image.resize(
+      logits, [rows, columns]).numpy()
   return full
 
 

@@ -132,3 +132,37 @@ def test_on_a_model_trained_on_lesions_the_peak_is_in_the_lesion():
   assert len(placed) >= 10
   assert np.mean(placed < 0.14) >= 0.9, placed  # In the disc.
   assert np.mean(resized < 0.14) <= 0.1, resized  # Half a cell off.
+
+
+@pytest.mark.parametrize("augment,resize,crop", [("resized_crop", 256, True),
+                                                ("resized_crop", 256, False),
+                                                ("bit", 256, True)])
+def test_input_region_is_what_evaluation_preprocessing_shows(augment, resize,
+                                                             crop):
+  """Rows and columns of a ramp image read back through the real
+  evaluation preprocessing give the region predict maps saliency onto."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import config_lib  # pylint: disable=g-import-not-at-top
+  from big_transfer_med import predict  # pylint: disable=g-import-not-at-top
+  from input_pipeline import preprocessing  # pylint: disable=g-import-not-at-top
+  height, width = 300, 400
+  data = config_lib.base_config().data
+  data.augment, data.resize, data.resolution = augment, resize, 224
+  data.crop_to_square, data.channels = crop, 1
+  rows = np.repeat(np.arange(height, dtype=np.float32)[:, None], width, 1)
+  cols = np.repeat(np.arange(width, dtype=np.float32)[None], height, 0)
+  seen = []
+  for ramp, size in ((rows, height), (cols, width)):
+    out = preprocessing.preprocess(tf.constant(ramp[..., None] / size), data,
+                                   train=False, rng=tf.zeros([2], tf.int64))
+    # Back to source pixel coordinates (the input is scaled to [-1, 1]).
+    seen.append((np.asarray(out)[..., 0] + 1) / 2 * size)
+  top, left, n_rows, n_cols = predict.input_region(data, height, width,
+                                                   whole_image=False)
+  step_r, step_c = n_rows / 224, n_cols / 224  # Source pixels per input one.
+  np.testing.assert_allclose(seen[0][0, 0], top + step_r / 2 - 0.5, atol=1.0)
+  np.testing.assert_allclose(seen[0][-1, 0], top + n_rows - step_r / 2 - 0.5,
+                             atol=1.0)
+  np.testing.assert_allclose(seen[1][0, 0], left + step_c / 2 - 0.5, atol=1.0)
+  np.testing.assert_allclose(seen[1][0, -1],
+                             left + n_cols - step_c / 2 - 0.5, atol=1.0)
