@@ -38,8 +38,9 @@ flags.DEFINE_string("name", None, "Dataset name (letters, digits, _).")
 flags.DEFINE_string("images", None, "Folder of the images (any sub-folders).")
 flags.DEFINE_string("labels", None, "The labels CSV.")
 flags.DEFINE_string("data_dir", None,
-                    "TFDS data_dir to build into (default ~/tensorflow_datasets; "
-                    "train with --config.data.data_dir set to the same).")
+                    "TFDS data_dir to build into (default "
+                    "~/tensorflow_datasets; train with "
+                    "--config.data.data_dir set to the same).")
 flags.DEFINE_bool("check_only", False,
                   "Read and check everything; write nothing.")
 flags.DEFINE_bool("strict", False, "Stop at the first bad row or image.")
@@ -74,14 +75,15 @@ def _describe_labels(table: folder_labels.Table) -> str:
   return f"{kind}: {', '.join(table.label_names)}{unused}"
 
 
-def _image_problems(table, rows_and_errors) -> list:
-  return [folder_labels.Problem(row["row"], row["source_path"], "path",
-                                row["source_path"],
-                                "unreadable image: " + str(error).split(": ", 1)[-1].rstrip("."))
+def _image_problems(rows_and_errors) -> list:
+  """A Problem per (row, ImageError); the error's text without its path."""
+  return [folder_labels.Problem(
+              row["row"], row["source_path"], "path", row["source_path"],
+              "unreadable image: " + str(error).split(": ", 1)[-1].rstrip("."))
           for row, error in rows_and_errors]
 
 
-def _read_every_image(table, max_short_side) -> list:
+def _read_every_image(table, images: str, max_short_side) -> list:
   """Problems of the rows whose image does not read (the check's pass)."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   from input_pipeline.datasets import cxr_common  # pylint: disable=g-import-not-at-top
@@ -90,16 +92,18 @@ def _read_every_image(table, max_short_side) -> list:
   for row in tqdm(table.rows, unit="image", leave=False,
                   disable=not sys.stderr.isatty()):
     try:
-      cxr_folder.read_image(os.path.join(FLAGS.images, row["source_path"]),
+      cxr_folder.read_image(os.path.join(images, row["source_path"]),
                             max_short_side)
     except cxr_common.ImageError as e:
       bad.append((row, e))
-  return _image_problems(table, bad)
+  return _image_problems(bad)
 
 
-def report(table, problems, good_rows) -> str:
-  """One line per kind of problem (count, first row), then per split: images,
-  patients and positives per label."""
+def report(table, problems) -> str:
+  """One line per kind of problem (count, first row), then per split of the
+  rows without a problem: images, patients and positives per label."""
+  bad = {p.row for p in problems}
+  good_rows = [r for r in table.rows if r["row"] not in bad]
   lines = [f"{table.csv_path}: {table.num_rows} rows; "
            f"{_describe_labels(table)}"]
   kinds = collections.defaultdict(list)
@@ -118,7 +122,8 @@ def report(table, problems, good_rows) -> str:
     if not rows:
       continue
     if table.single_label:
-      positives = [sum(r["label"] == c for r in rows) for c in table.label_names]
+      positives = [sum(r["label"] == c for r in rows)
+                   for c in table.label_names]
     else:
       values = np.array([r["labels"] for r in rows], np.float32)
       positives = list(np.sum(values == 1.0, axis=0).astype(int))
@@ -135,7 +140,7 @@ def report(table, problems, good_rows) -> str:
   return "\n".join(lines)
 
 
-def _build(table, max_short_side):
+def _build(max_short_side):
   """Builds the dataset; returns (builder, image problems). A failed build
   leaves no folder behind (base.ArrayRecordBuilderMixin)."""
   from input_pipeline.datasets import cxr_folder  # pylint: disable=g-import-not-at-top
@@ -152,7 +157,7 @@ def _build(table, max_short_side):
       description=f"{FLAGS.images} labelled by {FLAGS.labels}")
   builder = cxr_folder.CxrFolder(config=config, data_dir=FLAGS.data_dir)
   builder.download_and_prepare()
-  return builder, _image_problems(table, builder.image_problems)
+  return builder, _image_problems(builder.image_problems)
 
 
 def main(argv):
@@ -168,16 +173,15 @@ def main(argv):
         f"{FLAGS.labels}: no usable row ({len(table.problems)} problems; "
         f"first: {table.problems[0].line() if table.problems else 'none'}).")
   if FLAGS.check_only:
-    problems = table.problems + _read_every_image(table, max_short_side)
-    bad = {p.row for p in problems}
-    print(report(table, problems, [r for r in table.rows if r["row"] not in bad]))
+    problems = table.problems + _read_every_image(table, FLAGS.images,
+                                                  max_short_side)
+    print(report(table, problems))
     return
-  builder, image_problems = _build(table, max_short_side)
-  problems = table.problems + image_problems
+  builder, image_problems = _build(max_short_side)
+  problems = sorted(table.problems + image_problems, key=lambda p: p.row)
   errors_csv = os.path.join(builder.data_dir, "errors.csv")
   folder_labels.write_problems(errors_csv, problems)
-  bad = {p.row for p in problems}
-  print(report(table, problems, [r for r in table.rows if r["row"] not in bad]))
+  print(report(table, problems))
   print(f"Built {FLAGS.name} in {builder.data_dir} ({len(problems)} problems "
         f"listed in {errors_csv}). Train on it with\n  python -m "
         "big_transfer_med.main --config=configs/transfer.py:target=folder:"

@@ -226,7 +226,8 @@ def input_region(data_config, height: int, width: int, whole_image: bool
   top, left, rows, columns = 0, 0, height, width
   if data_config.crop_to_square:
     side = min(height, width)
-    top, left, rows, columns = (height - side) // 2, (width - side) // 2, side, side
+    top, left = (height - side) // 2, (width - side) // 2
+    rows = columns = side
   resized = data_config.resize or data_config.resolution
   if (data_config.augment == "resized_crop" and not whole_image
       and resized > data_config.resolution):

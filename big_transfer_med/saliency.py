@@ -71,7 +71,8 @@ def _jet(values: np.ndarray) -> np.ndarray:
                                  1.5 - np.abs(4 * v - 1)], axis=-1), 0, 1)
 
 
-def write_map(image: np.ndarray, cam: np.ndarray, prefix: str) -> Dict[str, str]:
+def write_map(image: np.ndarray, cam: np.ndarray, prefix: str
+              ) -> Dict[str, str]:
   """Writes prefix.npy (the map at the image's size, float32, NaN where the
   model saw nothing) and prefix.png (the grey image [H, W] in [0, 1] under
   the map scaled to its own range, jet colours); returns both paths."""

@@ -132,8 +132,9 @@ def read_table(csv_path: str, images_dir: str,
     if not path:
       row_problems.append(Problem(line, "", "path", "", "missing path"))
     elif path in seen:
-      row_problems.append(Problem(line, path, "path", path,
-                                  f"duplicate path (first at row {seen[path]})"))
+      row_problems.append(Problem(
+          line, path, "path", path,
+          f"duplicate path (first at row {seen[path]})"))
     elif not os.path.isfile(os.path.join(images_dir, path)):
       row_problems.append(Problem(line, path, "path", path, "missing file"))
     seen.setdefault(path, line)

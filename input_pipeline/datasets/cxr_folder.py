@@ -56,7 +56,8 @@ def load(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
         f"Folder dataset {name!r} is not built in {path.parent.parent} "
         "(config.data.data_dir). Build it from your images and labels CSV:\n"
         f"  python -m big_transfer_med.import_folder --name={name} "
-        f"--images=DIR --labels=labels.csv --data_dir={path.parent.parent.parent}")
+        f"--images=DIR --labels=labels.csv "
+        f"--data_dir={path.parent.parent.parent}")
   return tfds.builder_from_directory(os.fspath(path))
 
 
