@@ -5,8 +5,8 @@ r"""Your own chest X-rays as a dataset: a folder of images and a labels CSV.
   python -m big_transfer_med.import_folder --name=myhosp --images=DIR \
       --labels=labels.csv [--data_dir=~/tensorflow_datasets]
 
-The CSV (input_pipeline/folder_labels.py): `path` (relative to --images) and
-`patient_id` are required; `split`, `study_id`, `view`, `sex`, `age` are
+The CSV (input_pipeline/datasets/folder_labels.py): `path` (relative to
+--images) and `patient_id` are required; `split`, `study_id`, `view`, `sex`, `age` are
 optional; labels are one `label` column (single-label) or one column per
 finding of 1 / 0 / -1 / blank (multi-label; which columns are findings is
 printed, --findings chooses them). Images: DICOM, 8/16-bit PNG, JPEG, in any
@@ -31,7 +31,7 @@ from absl import flags
 
 from big_transfer_med import cli
 from input_pipeline import errors
-from input_pipeline import folder_labels
+from input_pipeline.datasets import folder_labels
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("name", None, "Dataset name (letters, digits, _).")
@@ -75,12 +75,14 @@ def _describe_labels(table: folder_labels.Table) -> str:
   return f"{kind}: {', '.join(table.label_names)}{unused}"
 
 
-def _image_problems(rows_and_errors) -> list:
-  """A Problem per (row, ImageError); the error's text without its path."""
+def _image_problems(table, skipped) -> list:
+  """A Problem per (source_path, ImageError); the error's text without its
+  path."""
+  line = {r["source_path"]: r["row"] for r in table.rows}
   return [folder_labels.Problem(
-              row["row"], row["source_path"], "path", row["source_path"],
+              line[path], path, "path", path,
               "unreadable image: " + str(error).split(": ", 1)[-1].rstrip("."))
-          for row, error in rows_and_errors]
+          for path, error in skipped]
 
 
 def _read_every_image(table, images: str, max_short_side) -> list:
@@ -95,8 +97,8 @@ def _read_every_image(table, images: str, max_short_side) -> list:
       cxr_folder.read_image(os.path.join(images, row["source_path"]),
                             max_short_side)
     except cxr_common.ImageError as e:
-      bad.append((row, e))
-  return _image_problems(bad)
+      bad.append((row["source_path"], e))
+  return _image_problems(table, bad)
 
 
 def report(table, problems) -> str:
@@ -140,7 +142,7 @@ def report(table, problems) -> str:
   return "\n".join(lines)
 
 
-def _build(max_short_side):
+def _build(table, max_short_side):
   """Builds the dataset; returns (builder, image problems). A failed build
   leaves no folder behind (base.ArrayRecordBuilderMixin)."""
   from input_pipeline.datasets import cxr_folder  # pylint: disable=g-import-not-at-top
@@ -157,7 +159,7 @@ def _build(max_short_side):
       description=f"{FLAGS.images} labelled by {FLAGS.labels}")
   builder = cxr_folder.CxrFolder(config=config, data_dir=FLAGS.data_dir)
   builder.download_and_prepare()
-  return builder, _image_problems(builder.image_problems)
+  return builder, _image_problems(table, builder.skipped_images)
 
 
 def main(argv):
@@ -177,7 +179,7 @@ def main(argv):
                                                   max_short_side)
     print(report(table, problems))
     return
-  builder, image_problems = _build(max_short_side)
+  builder, image_problems = _build(table, max_short_side)
   problems = sorted(table.problems + image_problems, key=lambda p: p.row)
   errors_csv = os.path.join(builder.data_dir, "errors.csv")
   folder_labels.write_problems(errors_csv, problems)

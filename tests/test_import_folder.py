@@ -15,7 +15,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from configs import r50x1_chest
-from input_pipeline import folder_labels
+from input_pipeline.datasets import folder_labels
 from input_pipeline import pipeline
 from input_pipeline import xray_io
 from input_pipeline.datasets import cxr_folder

@@ -247,6 +247,11 @@ class CxrBuilder(base.ArrayRecordBuilderMixin, tfds.core.GeneratorBasedBuilder):
   HOMEPAGE = ""
   IMAGE_LAYOUT = "the layout of MANUAL_DOWNLOAD_INSTRUCTIONS"  # For errors.
 
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    # (source_path, ImageError) of the images a local build skipped.
+    self.skipped_images = []
+
   def _info(self):
     return self.dataset_info_from_configs(
         description=self.__class__.__doc__,
@@ -280,15 +285,21 @@ class CxrBuilder(base.ArrayRecordBuilderMixin, tfds.core.GeneratorBasedBuilder):
           dataset=self.name, split=split))
     return self._generate_local(split, rows, locate)
 
+  def _read_image(self, path: str):
+    """The stored image of one file (load_image; a builder reading other
+    formats overrides it). Raises ImageError for a bad file."""
+    return load_image(path, self.builder_config.max_short_side,
+                      self.IMAGE_DTYPE)
+
   def _generate_local(self, split: str, rows, locate):
     counter = SkipCounter(self.name, split,
                           fatal=self.builder_config.strict_images)
     for row in rows:
       try:
-        image = load_image(locate(row), self.builder_config.max_short_side,
-                           self.IMAGE_DTYPE)
+        image = self._read_image(locate(row))
       except ImageError as e:
         counter.skip(e)
+        self.skipped_images.append((row["source_path"], e))
         continue
       yield row["source_path"], dict(row, image=image)
     counter.report()

@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from input_pipeline import errors
-from input_pipeline import folder_labels
+from input_pipeline.datasets import folder_labels
 from input_pipeline import xray_io
 from input_pipeline.datasets import cxr_common
 
@@ -92,7 +92,6 @@ class CxrFolder(cxr_common.CxrBuilder):
 
   def __init__(self, **kwargs):
     self._table = None
-    self.image_problems = []  # (row, ImageError) skipped by the build.
     super().__init__(**kwargs)
 
   def table(self) -> folder_labels.Table:
@@ -128,7 +127,8 @@ class CxrFolder(cxr_common.CxrBuilder):
       raise errors.DataError(f"{table.csv_path}: {table.problems[0].line()} "
                              "(strict: fix it, or build without strict to "
                              "skip bad rows).")
-    mixed = [p for p in table.problems if p.problem.startswith("patient ")]
+    mixed = [p for p in table.problems
+             if p.problem.startswith(folder_labels.PATIENT_IN_TWO_SPLITS)]
     if mixed:
       raise errors.DataError(
           f"{table.csv_path}: {mixed[0].problem} (rows "
@@ -136,7 +136,7 @@ class CxrFolder(cxr_common.CxrBuilder):
           "all be in one split: fix the 'split' column.")
     splits = {s: [] for s in folder_labels.SPLITS}
     for row in table.rows:
-      splits[row["split"]].append(self._example_fields(row, table))
+      splits[row["split"]].append(self._example_fields(row, table.single_label))
     splits = {s: rows for s, rows in splits.items() if rows}
     cxr_common.check_patient_disjoint(splits, table.csv_path)
     images = self.builder_config.images
@@ -145,29 +145,20 @@ class CxrFolder(cxr_common.CxrBuilder):
             for split, rows in splits.items()}
 
   @staticmethod
-  def _example_fields(row: dict, table: folder_labels.Table) -> dict:
+  def _example_fields(row: dict, single_label: bool) -> dict:
     fields = {k: row[k] for k in ("source_path", "patient_id", "study_id",
                                   "sex", "age")}
     fields["view"] = cxr_common.normalize_view(row["view"] or None)
-    fields["row"] = row["row"]
-    if table.single_label:
+    if single_label:
       fields["label"] = row["label"]
     else:
       fields["labels"] = np.array(row["labels"], np.float32)
     return fields
 
+  def _read_image(self, path: str):
+    return read_image(path, self.builder_config.max_short_side)  # DICOM too.
+
   def _generate_examples(self, split: str, rows, locate):
-    # Read here (not by the base class's PIL loader): DICOM too. Local
-    # only: a hospital's folder, not a Beam-sized release.
-    counter = cxr_common.SkipCounter(self.name, split,
-                                     fatal=self.builder_config.strict_images)
-    for row in rows:
-      try:
-        image = read_image(locate(row), self.builder_config.max_short_side)
-      except cxr_common.ImageError as e:
-        self.image_problems.append((row, e))
-        counter.skip(e)
-        continue
-      example = {k: v for k, v in row.items() if k != "row"}
-      yield row["source_path"], dict(example, image=image)
-    counter.report()
+    # Local only: the Beam workers read with the PIL loader, and a
+    # hospital's folder is not a Beam-sized release.
+    return self._generate_local(split, rows, locate)

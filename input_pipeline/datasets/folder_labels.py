@@ -16,6 +16,7 @@ import os
 from typing import Optional, Sequence
 
 from input_pipeline import errors
+from input_pipeline.datasets import cxr_common
 
 REQUIRED = ("path", "patient_id")
 METADATA = ("split", "study_id", "view", "sex", "age")
@@ -24,6 +25,8 @@ _SPLIT_SYNONYMS = {"val": "validation", "valid": "validation"}
 _LABEL_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0,
                  "-1.0": -1.0}
 ERRORS_HEADER = ("row", "path", "column", "value", "problem")
+# The one problem that stops a build whatever --strict says.
+PATIENT_IN_TWO_SPLITS = "patient in two splits"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +168,7 @@ def _parse_row(raw: dict, line: int, path: str, finding_columns, single_label,
              "study_id": (raw.get("study_id") or "").strip(),
              "view": (raw.get("view") or "").strip(),
              "sex": (raw.get("sex") or "").strip(),
-             "age": _age(raw.get("age"))}
+             "age": cxr_common.parse_age(raw.get("age"))}
   if not example["patient_id"]:
     problems.append(Problem(line, path, "patient_id", "", "missing patient id"))
   if has_split:
@@ -192,13 +195,6 @@ def _parse_row(raw: dict, line: int, path: str, finding_columns, single_label,
   return example, problems
 
 
-def _age(value: Optional[str]) -> float:
-  try:
-    return float(str(value).strip().upper().rstrip("Y"))
-  except ValueError:
-    return math.nan
-
-
 def _patients_in_two_splits(rows: list) -> list:
   """Problems for every row of a patient whose rows name two splits."""
   splits = collections.defaultdict(set)
@@ -206,14 +202,13 @@ def _patients_in_two_splits(rows: list) -> list:
     splits[row["patient_id"]].add(row["split"])
   mixed = {p for p, s in splits.items() if len(s) > 1}
   return [Problem(r["row"], r["source_path"], "split", r["split"],
-                  f"patient {r['patient_id']} is in splits "
-                  f"{sorted(splits[r['patient_id']])}")
+                  f"{PATIENT_IN_TWO_SPLITS}: patient {r['patient_id']} is in "
+                  f"splits {sorted(splits[r['patient_id']])}")
           for r in rows if r["patient_id"] in mixed]
 
 
 def _draw_splits(rows: list, fractions: dict, seed: int, csv_path: str):
   """Assigns each row its patient's split (seeded, by patient)."""
-  from input_pipeline.datasets import cxr_common  # pylint: disable=g-import-not-at-top
   if not rows:
     return
   try:
